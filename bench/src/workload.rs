@@ -1,0 +1,124 @@
+//! A deterministic generator of delivery events: orders walk through a realistic lifecycle, carry
+//! locations, etas and attributes, and their events spread over a span of event time.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value};
+use trackstore_engine::{Event, Location, Status, Timestamp};
+
+/// The statuses an order passes through, in order; long orders repeat the transit part (location pings).
+const LIFECYCLE: [Status; 10] = [
+    Status::Created,
+    Status::Allocated,
+    Status::Picking,
+    Status::Picked,
+    Status::Dispatched,
+    Status::InTransit,
+    Status::OutForDelivery,
+    Status::AttemptedDelivery,
+    Status::OutForDelivery,
+    Status::Delivered,
+];
+
+/// Shape of a generated store.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Events per order.
+    pub events_per_order: u64,
+    /// Event time of the first order's first event.
+    pub start: Timestamp,
+    /// Event time spread of the orders' start times.
+    pub span_ms: i64,
+    pub seed: u64,
+}
+
+impl Default for Shape {
+    fn default() -> Shape {
+        Shape {
+            events_per_order: 20,
+            // 2026-11-01T00:00:00Z: in the past, so nothing is "in the future".
+            start: Timestamp::from_millis(1_793_491_200_000).expect("in range"),
+            span_ms: 7 * 86_400_000,
+            seed: 42,
+        }
+    }
+}
+
+impl Shape {
+    pub fn order_id(&self, order: u64) -> String {
+        format!("ord-{order:09}")
+    }
+
+    /// The `step`-th event of order `order` (global event number `order * events_per_order + step`).
+    pub fn event(&self, order: u64, step: u64) -> Event {
+        let mut rng =
+            SmallRng::seed_from_u64(self.seed ^ order.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ step);
+        let order_start = self.start.as_millis()
+            + (order.wrapping_mul(2_654_435_761) % self.span_ms as u64) as i64;
+        let at = order_start + step as i64 * 90_000 + rng.random_range(0..60_000);
+        let status = if step as usize >= LIFECYCLE.len() - 1 && step + 1 < self.events_per_order {
+            Status::InTransit
+        } else if step + 1 == self.events_per_order {
+            Status::Delivered
+        } else {
+            LIFECYCLE[step as usize]
+        };
+        let mut attributes = Map::new();
+        attributes.insert(
+            "depot".into(),
+            Value::from(format!("depot-{:02}", order % 40)),
+        );
+        attributes.insert(
+            "slot".into(),
+            Value::from(format!("{:02}-{:02}", 8 + order % 10, 10 + order % 10)),
+        );
+        if step == 0 {
+            attributes.insert("crates".into(), Value::from(1 + order % 6));
+        }
+        let carrier = format!("van-{:03}", order % 300);
+        Event {
+            event_id: format!("evt-{order:09}-{step:03}"),
+            order_id: self.order_id(order),
+            status,
+            occurred_at: Timestamp::from_millis(at).expect("in range"),
+            source: Some(if step < 4 {
+                "dms".into()
+            } else {
+                format!("carrier:{}", &carrier)
+            }),
+            carrier: (step >= 1).then_some(carrier),
+            reason: (status == Status::AttemptedDelivery).then(|| "no_one_home".into()),
+            location: (step >= 4).then(|| Location {
+                lat: 51.3 + rng.random_range(0.0..0.4),
+                lon: -0.4 + rng.random_range(0.0..0.6),
+                name: None,
+            }),
+            eta: (step >= 4)
+                .then(|| Timestamp::from_millis(order_start + 4 * 3_600_000).expect("in range")),
+            attributes: Some(attributes),
+        }
+    }
+
+    /// Event number `n` of a store filled order after order.
+    pub fn nth(&self, n: u64) -> Event {
+        self.event(n / self.events_per_order, n % self.events_per_order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_valid_and_deterministic() {
+        let shape = Shape::default();
+        let now = Timestamp::now();
+        for n in 0..200 {
+            let e = shape.nth(n);
+            e.validate(now)
+                .unwrap_or_else(|err| panic!("event {n}: {err}"));
+            assert_eq!(e, shape.nth(n));
+        }
+        assert_eq!(shape.event(3, 19).status, Status::Delivered);
+    }
+}

@@ -1,0 +1,410 @@
+//! The engine handle: open, append, replicate, subscribe to commits. Queries are in `query`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use rocksdb::DB;
+
+use crate::codec;
+use crate::cursor::CursorSealer;
+use crate::error::{Error, Result};
+use crate::event::{Event, Lsn, StoredEvent};
+use crate::keys;
+use crate::limits::{EVENTS_PER_REQUEST_MAX, WRITER_QUEUE_REQUESTS_MAX};
+use crate::plan::Outcome;
+use crate::state::Stats;
+use crate::store::{self, Cf, Tuning};
+use crate::time::Timestamp;
+use crate::writer::{self, Command, Reply};
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the group's WAL is fsync'd (fdatasync): an acknowledged event survives power loss.
+    #[default]
+    Sync,
+    /// After the group is written to the WAL without fsync: survives a process crash, NOT a power
+    /// loss. For benchmarks and throwaway stores only.
+    NoSyncUnsafe,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    pub durability: Durability,
+    pub tuning: Tuning,
+}
+
+/// What one group commit made durable; given to commit listeners.
+#[derive(Debug)]
+pub struct CommitInfo<'a> {
+    pub last_lsn: Lsn,
+    pub events: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    /// Time of the `WriteBatch` write including the WAL sync.
+    pub write_time: Duration,
+    /// The group's new events in LSN order.
+    pub new_events: &'a [StoredEvent],
+}
+
+type Listener = Box<dyn Fn(&CommitInfo<'_>) + Send + Sync>;
+
+/// Publishes committed LSNs: to blocking waiters (a condition variable) and to registered listeners,
+/// which run on the writer thread and so must be quick and must not block (e.g. send on a channel).
+pub(crate) struct CommitNotifier {
+    last: Mutex<Lsn>,
+    cond: Condvar,
+    listeners: RwLock<Vec<Listener>>,
+}
+
+impl CommitNotifier {
+    pub(crate) fn publish(&self, info: &CommitInfo<'_>) {
+        *self.last.lock().expect("commit lock") = info.last_lsn;
+        self.cond.notify_all();
+        for l in self.listeners.read().expect("listeners lock").iter() {
+            l(info);
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) db: DB,
+    pub(crate) stats: RwLock<Stats>,
+    pub(crate) poisoned: OnceLock<String>,
+    pub(crate) commits: CommitNotifier,
+    pub(crate) sealer: CursorSealer,
+    pub(crate) epochs: RwLock<Vec<(u64, Lsn)>>,
+}
+
+/// An open store. Reads may be called from any number of threads; writes are queued to one writer
+/// thread. Dropping the engine finishes queued writes, stops the writer and closes the database.
+pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    tx: Option<Sender<Command>>,
+    writer: Option<JoinHandle<()>>,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The RocksDB directory inside a data directory.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("db")
+}
+
+const FORMAT: &[u8] = b"trackstore-engine-1";
+
+impl Engine {
+    /// Opens the store in `data_dir` (created if missing). After a crash this is recovery: the store
+    /// opens to exactly the acknowledged state and the LSN sequence continues after it.
+    pub fn open(data_dir: &Path, options: EngineOptions) -> Result<Engine> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let db = store::open(&db_path(data_dir), &options.tuning)?;
+        let meta = store::handle(&db, Cf::Meta)?;
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        match db.get_pinned_cf(meta, keys::META_FORMAT)? {
+            Some(f) if *f == *FORMAT => {}
+            Some(f) => {
+                return Err(Error::Corrupt(format!(
+                    "unknown store format {:?}; this build reads {:?}",
+                    String::from_utf8_lossy(&f),
+                    String::from_utf8_lossy(FORMAT)
+                )));
+            }
+            None => {
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(meta, keys::META_FORMAT, FORMAT);
+                batch.put_cf(meta, keys::META_CURSOR_KEY, rand::random::<[u8; 32]>());
+                db.write_opt(batch, &sync)?;
+            }
+        }
+        let cursor_key: [u8; 32] = db
+            .get_pinned_cf(meta, keys::META_CURSOR_KEY)?
+            .and_then(|k| (*k).try_into().ok())
+            .ok_or_else(|| Error::Corrupt("the cursor key is missing".into()))?;
+        let stats = match db.get_pinned_cf(meta, keys::META_STATS)? {
+            Some(v) => codec::decode_stats(&v)?,
+            None => Stats::default(),
+        };
+        // The stats record and the log are written in the same batch: check they agree.
+        let last = last_log_entry(&db)?;
+        let last_lsn = last.as_ref().map(|e| e.lsn).unwrap_or_default();
+        if last_lsn != stats.last_lsn {
+            return Err(Error::Corrupt(format!(
+                "the log ends at LSN {last_lsn} but the stats record says {}",
+                stats.last_lsn
+            )));
+        }
+        let last_received = last.map(|e| e.received_at).unwrap_or(Timestamp::MIN);
+        let epochs = read_epochs(&db)?;
+        let shared = Arc::new(Shared {
+            db,
+            commits: CommitNotifier {
+                last: Mutex::new(stats.last_lsn),
+                cond: Condvar::new(),
+                listeners: RwLock::new(Vec::new()),
+            },
+            stats: RwLock::new(stats),
+            poisoned: OnceLock::new(),
+            sealer: CursorSealer::new(cursor_key),
+            epochs: RwLock::new(epochs),
+        });
+        let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
+        let writer_shared = shared.clone();
+        let durability = options.durability;
+        let writer = std::thread::Builder::new()
+            .name("trackstore-writer".into())
+            .spawn(move || writer::run(writer_shared, rx, durability, last_received))
+            .map_err(|e| Error::InvalidArgument(format!("cannot start the writer thread: {e}")))?;
+        Ok(Engine {
+            shared,
+            tx: Some(tx),
+            writer: Some(writer),
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn validate(events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Err(Error::BadRequest("the request holds no event".into()));
+        }
+        if events.len() > EVENTS_PER_REQUEST_MAX {
+            return Err(Error::BadRequest(format!(
+                "the request holds {} events; at most {EVENTS_PER_REQUEST_MAX} are accepted",
+                events.len()
+            )));
+        }
+        let now = Timestamp::now();
+        for (index, e) in events.iter().enumerate() {
+            e.validate(now)
+                .map_err(|error| Error::Invalid { index, error })?;
+        }
+        Ok(())
+    }
+
+    fn sender(&self) -> Result<&Sender<Command>> {
+        if let Some(reason) = self.shared.poisoned.get() {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        self.tx.as_ref().ok_or(Error::Closed)
+    }
+
+    fn try_send(&self, cmd: Command) -> Result<()> {
+        match self.sender()?.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded(WRITER_QUEUE_REQUESTS_MAX)),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
+    /// Queues an append without blocking; `reply` runs on the writer thread once the request is durable
+    /// (or failed), so it must be quick. Validation errors and a full queue are returned at once.
+    pub fn submit_append(
+        &self,
+        events: Vec<Event>,
+        reply: impl FnOnce(Result<Vec<Outcome>>) + Send + 'static,
+    ) -> Result<()> {
+        Self::validate(&events)?;
+        self.try_send(Command::Append {
+            events,
+            reply: Box::new(reply),
+        })
+    }
+
+    /// Appends one request and waits until it is durable. The request is atomic: all its events are
+    /// stored (or recognised as duplicates), or none is.
+    pub fn append(&self, events: Vec<Event>) -> Result<Vec<Outcome>> {
+        Self::validate(&events)?;
+        self.call(|reply| Command::Append { events, reply })
+    }
+
+    /// Applies entries numbered by a primary (replica side), through the same planner and writer as
+    /// local appends. They must continue this log exactly; the batch is atomic. Returns the last LSN.
+    pub fn apply_replicated(&self, entries: Vec<StoredEvent>) -> Result<Lsn> {
+        if entries.is_empty() {
+            return Ok(self.last_lsn());
+        }
+        for (index, e) in entries.iter().enumerate() {
+            // Future-dated events are judged against the primary's receive time, not our clock.
+            e.event
+                .validate(e.received_at)
+                .map_err(|error| Error::Invalid { index, error })?;
+        }
+        self.call(|reply| Command::Replicate { entries, reply })
+    }
+
+    /// Durably records that `epoch` starts at the next LSN; returns that LSN. Epochs only grow.
+    pub fn record_epoch(&self, epoch: u64) -> Result<Lsn> {
+        self.call(|reply| Command::RecordEpoch { epoch, reply })
+    }
+
+    /// The epoch history, oldest first: (epoch, first LSN of the epoch).
+    pub fn epoch_history(&self) -> Vec<(u64, Lsn)> {
+        self.shared.epochs.read().expect("epochs lock").clone()
+    }
+
+    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = bounded(1);
+        let cmd = make(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        self.sender()?.send(cmd).map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// The last committed (durable) LSN.
+    pub fn last_lsn(&self) -> Lsn {
+        *self.shared.commits.last.lock().expect("commit lock")
+    }
+
+    /// Waits until an LSN greater than `after` is committed, or the timeout passes; returns the last
+    /// committed LSN either way.
+    pub fn wait_for_commit(&self, after: Lsn, timeout: Duration) -> Lsn {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.shared.commits.last.lock().expect("commit lock");
+        while *last <= after {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            last = self
+                .shared
+                .commits
+                .cond
+                .wait_timeout(last, left)
+                .expect("commit lock")
+                .0;
+        }
+        *last
+    }
+
+    /// Registers a function called on the writer thread after every group commit, before the group's
+    /// requests are answered. It must be quick and must not block (send on a channel, bump a counter).
+    pub fn on_commit(&self, listener: impl Fn(&CommitInfo<'_>) + Send + Sync + 'static) {
+        self.shared
+            .commits
+            .listeners
+            .write()
+            .expect("listeners lock")
+            .push(Box::new(listener));
+    }
+
+    /// `Some(reason)` once a failed write has made the engine refuse writes.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.get().cloned()
+    }
+
+    /// Store-wide counts as of the last commit.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.read().expect("stats lock").clone()
+    }
+
+    /// A RocksDB integer property (e.g. `rocksdb.estimate-num-keys`) of one column family.
+    pub fn property(&self, cf: Cf, name: &str) -> Result<Option<u64>> {
+        Ok(self
+            .shared
+            .db
+            .property_int_value_cf(store::handle(&self.shared.db, cf)?, name)?)
+    }
+
+    /// Flushes memtables to SST files, so that the next open replays no WAL. For graceful shutdown.
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.shared.db.flush()?)
+    }
+
+    /// Compacts every column family fully (reclaims space; used to measure bytes on disk).
+    pub fn compact(&self) -> Result<()> {
+        for cf in Cf::ALL {
+            self.shared.db.compact_range_cf(
+                store::handle(&self.shared.db, cf)?,
+                None::<&[u8]>,
+                None::<&[u8]>,
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the store into the data directory `dest` (which must not hold a
+    /// store yet); `Engine::open(dest)` opens it. Safe while the engine serves reads and writes: SST
+    /// files are hard-linked, the rest copied, all at one point in the log.
+    pub fn checkpoint(&self, dest: &Path) -> Result<()> {
+        std::fs::create_dir_all(dest).map_err(|e| {
+            Error::InvalidArgument(format!("cannot create {}: {e}", dest.display()))
+        })?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.shared.db)?;
+        Ok(cp.create_checkpoint(db_path(dest))?)
+    }
+
+    /// Stops the writer after the queued requests and closes the database.
+    pub fn close(mut self) {
+        self.stop_writer();
+    }
+
+    fn stop_writer(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+fn last_log_entry(db: &DB) -> Result<Option<StoredEvent>> {
+    let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
+    it.seek_to_last();
+    it.status()?;
+    match it.item() {
+        Some((k, v)) => {
+            let lsn = keys::decode_log(k)?;
+            let e = codec::decode_event(v)?;
+            if e.lsn != lsn {
+                return Err(Error::Corrupt(format!(
+                    "log key {lsn} holds the event of LSN {}",
+                    e.lsn
+                )));
+            }
+            Ok(Some(e))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn read_epochs(db: &DB) -> Result<Vec<(u64, Lsn)>> {
+    let meta = store::handle(db, Cf::Meta)?;
+    let mut it = db.raw_iterator_cf(meta);
+    it.seek(keys::meta_epoch_prefix());
+    let mut out = Vec::new();
+    while let Some((k, v)) = it.item() {
+        if !k.starts_with(keys::meta_epoch_prefix()) {
+            break;
+        }
+        out.push((keys::decode_meta_epoch(k)?, codec::decode_epoch_start(v)?));
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}

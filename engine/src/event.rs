@@ -1,0 +1,588 @@
+//! The delivery event: its fields, its validation (every rule of DESIGN.md §1) and its JSON form.
+//!
+//! Pure code: parsing takes bytes and `now`, returns values or errors that name the field.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::limits::{
+    ATTRIBUTES_BYTES_MAX, EVENTS_PER_REQUEST_MAX, FUTURE_SKEW_MS_MAX, ID_BYTES_MAX,
+    LABEL_CHARS_MAX, LOCATION_NAME_CHARS_MAX, REASON_BYTES_MAX, REQUEST_ERRORS_LISTED_MAX,
+};
+use crate::time::Timestamp;
+
+/// A position in the log. Strictly increasing, gap-free, never reused; the first event is LSN 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where an order is in its delivery lifecycle. The discriminant is the on-disk byte: never reuse one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Status {
+    Created = 1,
+    Allocated = 2,
+    Picking = 3,
+    Picked = 4,
+    Dispatched = 5,
+    InTransit = 6,
+    OutForDelivery = 7,
+    AttemptedDelivery = 8,
+    Delivered = 9,
+    Exception = 10,
+    Returned = 11,
+    Cancelled = 12,
+}
+
+impl Status {
+    pub const ALL: [Status; 12] = [
+        Status::Created,
+        Status::Allocated,
+        Status::Picking,
+        Status::Picked,
+        Status::Dispatched,
+        Status::InTransit,
+        Status::OutForDelivery,
+        Status::AttemptedDelivery,
+        Status::Delivered,
+        Status::Exception,
+        Status::Returned,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Allocated => "allocated",
+            Status::Picking => "picking",
+            Status::Picked => "picked",
+            Status::Dispatched => "dispatched",
+            Status::InTransit => "in_transit",
+            Status::OutForDelivery => "out_for_delivery",
+            Status::AttemptedDelivery => "attempted_delivery",
+            Status::Delivered => "delivered",
+            Status::Exception => "exception",
+            Status::Returned => "returned",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_byte(b: u8) -> Option<Status> {
+        Status::ALL.get(usize::from(b).checked_sub(1)?).copied()
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A WGS84 position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    pub name: Option<String>,
+}
+
+/// A delivery event as the client sent it (no LSN, no receive time). Two events are the same event, for
+/// idempotency, exactly when they are equal as values of this type: timestamps compare as instants, so
+/// `+01:00` and `Z` spellings of one moment are equal; attribute order does not matter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event_id: String,
+    pub order_id: String,
+    pub status: Status,
+    pub occurred_at: Timestamp,
+    pub source: Option<String>,
+    pub carrier: Option<String>,
+    pub reason: Option<String>,
+    pub location: Option<Location>,
+    pub eta: Option<Timestamp>,
+    /// A flat object of string, number and bool values (sorted by key).
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// An event as stored: the client's event plus what the server added.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub lsn: Lsn,
+    pub received_at: Timestamp,
+    pub event: Event,
+}
+
+/// A field that failed validation. `field` is a JSON path such as `location.lat` or `attributes.slot`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: Cow<'static, str>,
+    pub message: Cow<'static, str>,
+}
+
+impl FieldError {
+    pub fn new(
+        field: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> FieldError {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A field error located in a request: `index` is the event's position in the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedFieldError {
+    pub index: Option<usize>,
+    pub error: FieldError,
+}
+
+/// Why an ingest request body was rejected. Nothing of a rejected request is written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    #[error("malformed JSON{}: {message}", line.map(|l| format!(" on line {l}")).unwrap_or_default())]
+    MalformedJson {
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("the request holds no event")]
+    Empty,
+    #[error("the request holds {count} events; at most {EVENTS_PER_REQUEST_MAX} are accepted")]
+    TooManyEvents { count: usize },
+    #[error("{} invalid field(s){}", errors.len() + omitted, first_error(errors))]
+    Invalid {
+        errors: Vec<IndexedFieldError>,
+        /// Errors beyond `REQUEST_ERRORS_LISTED_MAX`, counted but not listed.
+        omitted: usize,
+    },
+}
+
+fn first_error(errors: &[IndexedFieldError]) -> String {
+    match errors.first() {
+        Some(IndexedFieldError {
+            index: Some(i),
+            error,
+        }) => format!(", first: event {i}: {error}"),
+        Some(IndexedFieldError { index: None, error }) => format!(", first: {error}"),
+        None => String::new(),
+    }
+}
+
+/// The body formats of `POST /v1/events`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One event object or a JSON array of events.
+    Json,
+    /// One event object per line; blank lines are ignored.
+    Ndjson,
+}
+
+/// Parses and validates an ingest request body. All events are checked, so the client sees every
+/// problem at once (up to a bound), and the request is rejected whole if any event is invalid.
+pub fn parse_request(
+    body: &[u8],
+    format: BodyFormat,
+    now: Timestamp,
+) -> Result<Vec<Event>, RequestError> {
+    let values = match format {
+        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => items,
+            Ok(obj @ Value::Object(_)) => vec![obj],
+            Ok(_) => {
+                return Err(invalid_one(
+                    None,
+                    FieldError::new("$", "expected an event object or an array of events"),
+                ));
+            }
+            Err(e) => return Err(malformed(None, &e)),
+        },
+        BodyFormat::Ndjson => {
+            let text = std::str::from_utf8(body).map_err(|e| RequestError::MalformedJson {
+                line: None,
+                message: format!("invalid UTF-8: {e}"),
+            })?;
+            let mut items = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                if items.len() == EVENTS_PER_REQUEST_MAX {
+                    return Err(RequestError::TooManyEvents {
+                        count: items.len()
+                            + 1
+                            + text
+                                .lines()
+                                .skip(n + 1)
+                                .filter(|l| !l.trim().is_empty())
+                                .count(),
+                    });
+                }
+                items.push(
+                    serde_json::from_str::<Value>(line).map_err(|e| malformed(Some(n + 1), &e))?,
+                );
+            }
+            items
+        }
+    };
+    if values.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    if values.len() > EVENTS_PER_REQUEST_MAX {
+        return Err(RequestError::TooManyEvents {
+            count: values.len(),
+        });
+    }
+    let mut events = Vec::with_capacity(values.len());
+    let mut errors = Vec::new();
+    let mut omitted = 0;
+    for (index, value) in values.iter().enumerate() {
+        match Event::from_json(value).and_then(|e| e.validate(now).map(|()| e)) {
+            Ok(event) => events.push(event),
+            Err(error) if errors.len() < REQUEST_ERRORS_LISTED_MAX => {
+                errors.push(IndexedFieldError {
+                    index: Some(index),
+                    error,
+                })
+            }
+            Err(_) => omitted += 1,
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(RequestError::Invalid { errors, omitted })
+    }
+}
+
+fn malformed(line: Option<usize>, e: &serde_json::Error) -> RequestError {
+    RequestError::MalformedJson {
+        line,
+        message: e.to_string(),
+    }
+}
+
+fn invalid_one(index: Option<usize>, error: FieldError) -> RequestError {
+    RequestError::Invalid {
+        errors: vec![IndexedFieldError { index, error }],
+        omitted: 0,
+    }
+}
+
+const EVENT_FIELDS: [&str; 10] = [
+    "event_id",
+    "order_id",
+    "status",
+    "occurred_at",
+    "source",
+    "carrier",
+    "reason",
+    "location",
+    "eta",
+    "attributes",
+];
+
+impl Event {
+    /// Reads an event from its JSON object: shapes and types only (see [`Event::validate`] for values).
+    /// Unknown fields are rejected, so a misspelt optional field is an error, not silently dropped.
+    /// `null` is the same as an absent optional field.
+    pub fn from_json(value: &Value) -> Result<Event, FieldError> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| FieldError::new("$", "expected an event object"))?;
+        if let Some(unknown) = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+            let name: String = unknown.chars().take(64).collect();
+            return Err(FieldError::new(name, "unknown field"));
+        }
+        let status_text = required_str(obj, "status")?;
+        let status = Status::parse(status_text).ok_or_else(|| {
+            FieldError::new(
+                "status",
+                format!(
+                    "unknown status; expected one of: {}",
+                    Status::ALL.map(Status::as_str).join(", ")
+                ),
+            )
+        })?;
+        let location = match obj.get("location") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(loc)) => Some(parse_location(loc)?),
+            Some(_) => {
+                return Err(FieldError::new(
+                    "location",
+                    "expected an object {lat, lon, name?}",
+                ));
+            }
+        };
+        let attributes = match obj.get("attributes") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => Some(map.clone()),
+            Some(_) => return Err(FieldError::new("attributes", "expected an object")),
+        };
+        Ok(Event {
+            event_id: required_str(obj, "event_id")?.to_owned(),
+            order_id: required_str(obj, "order_id")?.to_owned(),
+            status,
+            occurred_at: timestamp(required_str(obj, "occurred_at")?, "occurred_at")?,
+            source: optional_str(obj, "source")?,
+            carrier: optional_str(obj, "carrier")?,
+            reason: optional_str(obj, "reason")?,
+            location,
+            eta: optional_str(obj, "eta")?
+                .map(|s| timestamp(&s, "eta"))
+                .transpose()?,
+            attributes,
+        })
+    }
+
+    /// Checks every value rule of DESIGN.md §1. The engine calls it again right before writing.
+    pub fn validate(&self, now: Timestamp) -> Result<(), FieldError> {
+        check_id(&self.event_id, "event_id")?;
+        check_id(&self.order_id, "order_id")?;
+        if self.occurred_at.as_millis() > now.as_millis() + FUTURE_SKEW_MS_MAX {
+            return Err(FieldError::new(
+                "occurred_at",
+                "more than 5 minutes in the future of the server's clock",
+            ));
+        }
+        if let Some(source) = &self.source {
+            check_label(source, "source")?;
+        }
+        if let Some(carrier) = &self.carrier {
+            check_label(carrier, "carrier")?;
+        }
+        if let Some(reason) = &self.reason {
+            let ok = !reason.is_empty()
+                && reason.len() <= REASON_BYTES_MAX
+                && reason
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !ok {
+                return Err(FieldError::new(
+                    "reason",
+                    format!("must be 1 to {REASON_BYTES_MAX} characters of [a-z0-9_]"),
+                ));
+            }
+        }
+        if let Some(loc) = &self.location {
+            if !(loc.lat.is_finite() && (-90.0..=90.0).contains(&loc.lat)) {
+                return Err(FieldError::new(
+                    "location.lat",
+                    "must be between -90 and 90",
+                ));
+            }
+            if !(loc.lon.is_finite() && (-180.0..=180.0).contains(&loc.lon)) {
+                return Err(FieldError::new(
+                    "location.lon",
+                    "must be between -180 and 180",
+                ));
+            }
+            if let Some(name) = &loc.name {
+                check_text(name, "location.name", LOCATION_NAME_CHARS_MAX)?;
+            }
+        }
+        if let Some(attrs) = &self.attributes {
+            for (key, value) in attrs {
+                if key.is_empty() || key.chars().any(char::is_control) {
+                    return Err(FieldError::new(
+                        "attributes",
+                        "keys must be non-empty and free of control characters",
+                    ));
+                }
+                if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+                    let key: String = key.chars().take(64).collect();
+                    return Err(FieldError::new(
+                        format!("attributes.{key}"),
+                        "must be a string, number or bool (attributes are flat)",
+                    ));
+                }
+            }
+            if attributes_json(attrs).len() > ATTRIBUTES_BYTES_MAX {
+                return Err(FieldError::new(
+                    "attributes",
+                    format!("larger than {ATTRIBUTES_BYTES_MAX} bytes once encoded"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The canonical compact JSON of an attributes object (keys sorted): its stored form and size.
+pub fn attributes_json(attrs: &Map<String, Value>) -> String {
+    // Serialising a map of JSON values cannot fail.
+    serde_json::to_string(attrs).unwrap_or_default()
+}
+
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, FieldError> {
+    match obj.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(FieldError::new(field, "required")),
+        Some(_) => Err(FieldError::new(field, "expected a string")),
+    }
+}
+
+fn optional_str(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(FieldError::new(field, "expected a string")),
+    }
+}
+
+fn timestamp(text: &str, field: &'static str) -> Result<Timestamp, FieldError> {
+    Timestamp::parse(text).map_err(|e| FieldError::new(field, e.to_string()))
+}
+
+fn parse_location(loc: &Map<String, Value>) -> Result<Location, FieldError> {
+    if let Some(unknown) = loc
+        .keys()
+        .find(|k| !["lat", "lon", "name"].contains(&k.as_str()))
+    {
+        let name: String = unknown.chars().take(64).collect();
+        return Err(FieldError::new(format!("location.{name}"), "unknown field"));
+    }
+    let coord = |field: &'static str, key: &str| match loc.get(key) {
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| FieldError::new(field, "expected a number")),
+        None | Some(Value::Null) => Err(FieldError::new(field, "required")),
+        Some(_) => Err(FieldError::new(field, "expected a number")),
+    };
+    let name = match loc.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(FieldError::new("location.name", "expected a string")),
+    };
+    Ok(Location {
+        lat: coord("location.lat", "lat")?,
+        lon: coord("location.lon", "lon")?,
+        name,
+    })
+}
+
+fn check_id(id: &str, field: &'static str) -> Result<(), FieldError> {
+    let ok = !id.is_empty()
+        && id.len() <= ID_BYTES_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be 1 to {ID_BYTES_MAX} characters of [A-Za-z0-9._:-]"),
+        ))
+    }
+}
+
+fn check_label(text: &str, field: &'static str) -> Result<(), FieldError> {
+    check_text(text, field, LABEL_CHARS_MAX)
+}
+
+fn check_text(text: &str, field: &'static str, chars_max: usize) -> Result<(), FieldError> {
+    if text.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "must not be empty (omit the field instead)",
+        ));
+    }
+    if text.chars().count() > chars_max {
+        return Err(FieldError::new(
+            field,
+            format!("longer than {chars_max} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+impl StoredEvent {
+    /// The event's JSON form as the API returns it: the client's fields plus `lsn` and `received_at`,
+    /// times in UTC with milliseconds, absent optional fields omitted.
+    pub fn to_json(&self) -> Value {
+        let e = &self.event;
+        let mut m = Map::new();
+        m.insert("lsn".into(), self.lsn.0.into());
+        m.insert("event_id".into(), e.event_id.clone().into());
+        m.insert("order_id".into(), e.order_id.clone().into());
+        m.insert("status".into(), e.status.as_str().into());
+        m.insert("occurred_at".into(), e.occurred_at.to_string().into());
+        m.insert("received_at".into(), self.received_at.to_string().into());
+        if let Some(s) = &e.source {
+            m.insert("source".into(), s.clone().into());
+        }
+        if let Some(s) = &e.carrier {
+            m.insert("carrier".into(), s.clone().into());
+        }
+        if let Some(s) = &e.reason {
+            m.insert("reason".into(), s.clone().into());
+        }
+        if let Some(loc) = &e.location {
+            m.insert("location".into(), location_json(loc));
+        }
+        if let Some(eta) = e.eta {
+            m.insert("eta".into(), eta.to_string().into());
+        }
+        if let Some(attrs) = &e.attributes {
+            m.insert("attributes".into(), Value::Object(attrs.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl Event {
+    /// The event's JSON form as a client sends it: what [`Event::from_json`] reads back to an equal event.
+    pub fn to_json(&self) -> Value {
+        let mut v = StoredEvent {
+            lsn: Lsn(0),
+            received_at: Timestamp::MIN,
+            event: self.clone(),
+        }
+        .to_json();
+        if let Value::Object(m) = &mut v {
+            m.remove("lsn");
+            m.remove("received_at");
+        }
+        v
+    }
+}
+
+pub(crate) fn location_json(loc: &Location) -> Value {
+    let mut m = Map::new();
+    m.insert("lat".into(), loc.lat.into());
+    m.insert("lon".into(), loc.lon.into());
+    if let Some(name) = &loc.name {
+        m.insert("name".into(), name.clone().into());
+    }
+    Value::Object(m)
+}

@@ -1,0 +1,581 @@
+//! The write planner: turns append requests (or replicated entries) into the key/value operations of
+//! one group commit. It does no I/O itself: it reads the committed store through [`Lookup`] and keeps
+//! the effects of the group's earlier requests in memory, so requests in one group see each other.
+//!
+//! Per request it is all-or-nothing: a request that fails (conflict, divergence) is rolled back out of
+//! the group without a trace, and LSNs stay gap-free because they are only taken by events that stay.
+
+use std::collections::HashMap;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::event::{Event, Lsn, Status, StoredEvent};
+use crate::keys::{self, TimePos};
+use crate::state::{OrderState, Stats};
+use crate::store::Cf;
+use crate::time::Timestamp;
+
+/// Read access to what is committed.
+pub trait Lookup {
+    fn event_id_lsn(&self, event_id: &str) -> Result<Option<Lsn>>;
+    fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>>;
+    fn order_state(&self, order_id: &str) -> Result<Option<OrderState>>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Cf, Vec<u8>, Vec<u8>),
+    Delete(Cf, Vec<u8>),
+}
+
+/// What happened to one event of an append request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored now, at this LSN.
+    Created(Lsn),
+    /// The same event was already stored, at this LSN; nothing new was written.
+    Duplicate(Lsn),
+}
+
+impl Outcome {
+    pub fn lsn(self) -> Lsn {
+        match self {
+            Outcome::Created(l) | Outcome::Duplicate(l) => l,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OrderEntry {
+    /// Status in the committed store, before this group (None: a new order).
+    committed_status: Option<Status>,
+    state: OrderState,
+}
+
+/// One group commit being planned.
+#[derive(Debug)]
+pub struct GroupPlan {
+    next_lsn: Lsn,
+    stats: Stats,
+    ops: Vec<Op>,
+    new_events: Vec<StoredEvent>,
+    /// Event ids stored by this group → index in `new_events`.
+    event_ids: HashMap<String, usize>,
+    orders: HashMap<String, OrderEntry>,
+    bytes: usize,
+}
+
+/// What a request changed, to undo it if a later event of the same request fails.
+struct Undo {
+    next_lsn: Lsn,
+    stats: Stats,
+    ops: usize,
+    new_events: usize,
+    bytes: usize,
+    /// Orders touched by the request and their entry before it (None: first touched by it).
+    orders: HashMap<String, Option<(Option<Status>, OrderState)>>,
+}
+
+impl GroupPlan {
+    /// Starts a group after the committed state `stats` (whose `last_lsn` is the last committed LSN).
+    pub fn new(stats: Stats) -> GroupPlan {
+        GroupPlan {
+            next_lsn: Lsn(stats.last_lsn.0 + 1),
+            stats,
+            ops: Vec::new(),
+            new_events: Vec::new(),
+            event_ids: HashMap::new(),
+            orders: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Encoded bytes of the events planned so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.new_events.len()
+    }
+
+    fn undo_point(&self) -> Undo {
+        Undo {
+            next_lsn: self.next_lsn,
+            stats: self.stats.clone(),
+            ops: self.ops.len(),
+            new_events: self.new_events.len(),
+            bytes: self.bytes,
+            orders: HashMap::new(),
+        }
+    }
+
+    fn roll_back(&mut self, undo: Undo) {
+        for event in self.new_events.drain(undo.new_events..) {
+            self.event_ids.remove(&event.event.event_id);
+        }
+        for (order_id, before) in undo.orders {
+            match before {
+                Some((committed_status, state)) => {
+                    self.orders.insert(
+                        order_id,
+                        OrderEntry {
+                            committed_status,
+                            state,
+                        },
+                    );
+                }
+                None => {
+                    self.orders.remove(&order_id);
+                }
+            }
+        }
+        self.ops.truncate(undo.ops);
+        self.next_lsn = undo.next_lsn;
+        self.stats = undo.stats;
+        self.bytes = undo.bytes;
+    }
+
+    /// Plans a client request: each event is new (next LSN), a duplicate (its original LSN), or a
+    /// conflict, which fails the whole request. `received_at` is the group's receive time.
+    pub fn plan_append(
+        &mut self,
+        lookup: &impl Lookup,
+        events: Vec<Event>,
+        received_at: Timestamp,
+    ) -> Result<Vec<Outcome>> {
+        let mut undo = self.undo_point();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (index, event) in events.into_iter().enumerate() {
+            match self.plan_one(lookup, index, event, received_at, &mut undo) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => {
+                    self.roll_back(undo);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn plan_one(
+        &mut self,
+        lookup: &impl Lookup,
+        index: usize,
+        event: Event,
+        received_at: Timestamp,
+        undo: &mut Undo,
+    ) -> Result<Outcome> {
+        let prior = match self.event_ids.get(&event.event_id) {
+            Some(&i) => Some(self.new_events[i].clone()),
+            None => match lookup.event_id_lsn(&event.event_id)? {
+                Some(lsn) => Some(lookup.event(lsn)?.ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "event id {:?} points to LSN {lsn}, which is missing",
+                        event.event_id
+                    ))
+                })?),
+                None => None,
+            },
+        };
+        if let Some(prior) = prior {
+            return if prior.event == event {
+                Ok(Outcome::Duplicate(prior.lsn))
+            } else {
+                Err(Error::Conflict {
+                    index,
+                    event_id: event.event_id,
+                    lsn: prior.lsn,
+                })
+            };
+        }
+        let lsn = self.next_lsn;
+        self.add_new(
+            lookup,
+            StoredEvent {
+                lsn,
+                received_at,
+                event,
+            },
+            undo,
+        )?;
+        Ok(Outcome::Created(lsn))
+    }
+
+    /// Plans entries numbered by a primary. They must continue this log exactly (next LSN, in order)
+    /// and carry ids this store does not hold; otherwise the whole batch is refused.
+    pub fn plan_replicated(
+        &mut self,
+        lookup: &impl Lookup,
+        entries: Vec<StoredEvent>,
+    ) -> Result<()> {
+        let mut undo = self.undo_point();
+        for entry in entries {
+            let result = if entry.lsn != self.next_lsn {
+                Err(Error::Diverged(format!(
+                    "expected LSN {}, got {}",
+                    self.next_lsn, entry.lsn
+                )))
+            } else if self.event_ids.contains_key(&entry.event.event_id)
+                || lookup.event_id_lsn(&entry.event.event_id)?.is_some()
+            {
+                Err(Error::Diverged(format!(
+                    "LSN {} carries event id {:?}, which this store already holds",
+                    entry.lsn, entry.event.event_id
+                )))
+            } else {
+                self.add_new(lookup, entry, &mut undo)
+            };
+            if let Err(e) = result {
+                self.roll_back(undo);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_new(
+        &mut self,
+        lookup: &impl Lookup,
+        stored: StoredEvent,
+        undo: &mut Undo,
+    ) -> Result<()> {
+        let e = &stored.event;
+        let pos = TimePos {
+            at: e.occurred_at,
+            lsn: stored.lsn,
+        };
+        let value = codec::encode_event(&stored);
+        self.bytes += value.len();
+        self.ops.push(Op::Put(
+            Cf::ByOrder,
+            keys::by_order(&e.order_id, pos),
+            value.clone(),
+        ));
+        self.ops
+            .push(Op::Put(Cf::Log, keys::log(stored.lsn).to_vec(), value));
+        self.ops.push(Op::Put(
+            Cf::ByTime,
+            keys::by_time(pos).to_vec(),
+            codec::encode_time_entry(e.status).to_vec(),
+        ));
+        self.ops.push(Op::Put(
+            Cf::EventIds,
+            e.event_id.as_bytes().to_vec(),
+            codec::encode_event_id_entry(stored.lsn).to_vec(),
+        ));
+
+        match self.orders.get_mut(&e.order_id) {
+            Some(entry) => {
+                if !undo.orders.contains_key(&e.order_id) {
+                    undo.orders.insert(
+                        e.order_id.clone(),
+                        Some((entry.committed_status, entry.state.clone())),
+                    );
+                }
+                entry.state.apply(&stored);
+            }
+            None => {
+                undo.orders.insert(e.order_id.clone(), None);
+                let entry = match lookup.order_state(&e.order_id)? {
+                    Some(mut state) => {
+                        let committed_status = Some(state.status.value);
+                        state.apply(&stored);
+                        OrderEntry {
+                            committed_status,
+                            state,
+                        }
+                    }
+                    None => {
+                        self.stats.orders += 1;
+                        OrderEntry {
+                            committed_status: None,
+                            state: OrderState::new(&stored),
+                        }
+                    }
+                };
+                self.orders.insert(e.order_id.clone(), entry);
+            }
+        }
+        self.stats.events += 1;
+        self.stats.last_lsn = stored.lsn;
+        self.next_lsn = Lsn(stored.lsn.0 + 1);
+        self.event_ids
+            .insert(stored.event.event_id.clone(), self.new_events.len());
+        self.new_events.push(stored);
+        Ok(())
+    }
+
+    /// Adds a record of a new epoch starting at the next LSN.
+    pub fn plan_epoch(&mut self, epoch: u64) -> Lsn {
+        let start = self.next_lsn;
+        self.ops.push(Op::Put(
+            Cf::Meta,
+            keys::meta_epoch(epoch),
+            codec::encode_epoch_start(start),
+        ));
+        start
+    }
+
+    /// The group's operations (the orders' final states, status index moves and stats included), the
+    /// stats after it, and its new events in LSN order.
+    pub fn finish(mut self) -> (Vec<Op>, Stats, Vec<StoredEvent>) {
+        for (order_id, entry) in &self.orders {
+            let status = entry.state.status.value;
+            if entry.committed_status != Some(status) {
+                if let Some(old) = entry.committed_status {
+                    *self.stats.orders_in_mut(old) -= 1;
+                    self.ops.push(Op::Delete(
+                        Cf::StatusIndex,
+                        keys::status_index(old, order_id),
+                    ));
+                }
+                *self.stats.orders_in_mut(status) += 1;
+                self.ops.push(Op::Put(
+                    Cf::StatusIndex,
+                    keys::status_index(status, order_id),
+                    Vec::new(),
+                ));
+            }
+            self.ops.push(Op::Put(
+                Cf::Orders,
+                order_id.as_bytes().to_vec(),
+                codec::encode_state(&entry.state),
+            ));
+        }
+        self.ops.push(Op::Put(
+            Cf::Meta,
+            keys::META_STATS.to_vec(),
+            codec::encode_stats(&self.stats),
+        ));
+        (self.ops, self.stats, self.new_events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The committed store as plain maps, fed by applying finished plans.
+    #[derive(Default)]
+    struct MapStore(HashMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>);
+
+    impl MapStore {
+        fn apply(&mut self, ops: Vec<Op>) {
+            for op in ops {
+                match op {
+                    Op::Put(cf, k, v) => {
+                        self.0.entry(cf).or_default().insert(k, v);
+                    }
+                    Op::Delete(cf, k) => {
+                        self.0.entry(cf).or_default().remove(&k);
+                    }
+                }
+            }
+        }
+        fn get(&self, cf: Cf, k: &[u8]) -> Option<&Vec<u8>> {
+            self.0.get(&cf).and_then(|m| m.get(k))
+        }
+    }
+
+    impl Lookup for MapStore {
+        fn event_id_lsn(&self, id: &str) -> Result<Option<Lsn>> {
+            Ok(self
+                .get(Cf::EventIds, id.as_bytes())
+                .map(|v| codec::decode_event_id_entry(v))
+                .transpose()?)
+        }
+        fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
+            Ok(self
+                .get(Cf::Log, &keys::log(lsn))
+                .map(|v| codec::decode_event(v))
+                .transpose()?)
+        }
+        fn order_state(&self, id: &str) -> Result<Option<OrderState>> {
+            Ok(self
+                .get(Cf::Orders, id.as_bytes())
+                .map(|v| codec::decode_state(v))
+                .transpose()?)
+        }
+    }
+
+    fn event(id: &str, order: &str, status: Status, at: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            order_id: order.into(),
+            status,
+            occurred_at: Timestamp::from_millis(at).expect("in range"),
+            source: None,
+            carrier: None,
+            reason: None,
+            location: None,
+            eta: None,
+            attributes: None,
+        }
+    }
+
+    const T: Timestamp = Timestamp::MIN;
+
+    #[test]
+    fn duplicates_inside_a_request_and_across_groups_get_the_original_lsn() {
+        let mut store = MapStore::default();
+        let mut plan = GroupPlan::new(Stats::default());
+        let a = event("a", "o1", Status::Created, 10);
+        let out = plan
+            .plan_append(&store, vec![a.clone(), a.clone()], T)
+            .expect("valid");
+        assert_eq!(
+            out,
+            vec![Outcome::Created(Lsn(1)), Outcome::Duplicate(Lsn(1))]
+        );
+        let (ops, stats, _) = plan.finish();
+        store.apply(ops);
+        assert_eq!((stats.events, stats.orders, stats.last_lsn), (1, 1, Lsn(1)));
+
+        let mut plan = GroupPlan::new(stats);
+        let out = plan
+            .plan_append(&store, vec![a, event("b", "o1", Status::Picked, 20)], T)
+            .expect("valid");
+        assert_eq!(
+            out,
+            vec![Outcome::Duplicate(Lsn(1)), Outcome::Created(Lsn(2))]
+        );
+    }
+
+    #[test]
+    fn a_conflict_rolls_back_the_whole_request_but_not_the_group() {
+        let store = MapStore::default();
+        let mut plan = GroupPlan::new(Stats::default());
+        plan.plan_append(&store, vec![event("a", "o1", Status::Created, 10)], T)
+            .expect("valid");
+        let err = plan
+            .plan_append(
+                &store,
+                vec![
+                    event("b", "o1", Status::Delivered, 30),
+                    event("a", "o1", Status::Picked, 10),
+                ],
+                T,
+            )
+            .expect_err("conflict");
+        assert!(
+            matches!(
+                err,
+                Error::Conflict {
+                    index: 1,
+                    lsn: Lsn(1),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let out = plan
+            .plan_append(&store, vec![event("c", "o2", Status::Created, 5)], T)
+            .expect("valid");
+        assert_eq!(
+            out,
+            vec![Outcome::Created(Lsn(2))],
+            "LSN 2 was released by the failed request"
+        );
+        let (ops, stats, events) = plan.finish();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.event.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(stats.orders_in(Status::Created), 2);
+        assert_eq!(stats.orders_in(Status::Delivered), 0);
+        let mut store = store;
+        store.apply(ops);
+        assert!(
+            store.get(Cf::EventIds, b"b").is_none(),
+            "no trace of the failed request's event"
+        );
+        assert_eq!(store.0[&Cf::ByOrder].len(), 2);
+        assert_eq!(store.0[&Cf::ByTime].len(), 2);
+        let at_2 = codec::decode_event(&store.0[&Cf::Log][&keys::log(Lsn(2)).to_vec()])
+            .map(|e| e.event.event_id);
+        assert_eq!(at_2, Ok("c".to_owned()));
+    }
+
+    #[test]
+    fn status_index_moves_once_per_group() {
+        let mut store = MapStore::default();
+        let mut plan = GroupPlan::new(Stats::default());
+        plan.plan_append(&store, vec![event("a", "o1", Status::Created, 10)], T)
+            .expect("valid");
+        let (ops, stats, _) = plan.finish();
+        store.apply(ops);
+        let mut plan = GroupPlan::new(stats);
+        plan.plan_append(
+            &store,
+            vec![
+                event("b", "o1", Status::Picked, 20),
+                event("c", "o1", Status::Delivered, 30),
+            ],
+            T,
+        )
+        .expect("valid");
+        let (ops, stats, _) = plan.finish();
+        let moves: Vec<_> = ops
+            .iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::Put(Cf::StatusIndex, ..) | Op::Delete(Cf::StatusIndex, _)
+                )
+            })
+            .collect();
+        assert_eq!(moves.len(), 2, "{moves:?}");
+        store.apply(ops);
+        assert!(
+            store
+                .get(
+                    Cf::StatusIndex,
+                    &keys::status_index(Status::Delivered, "o1")
+                )
+                .is_some()
+        );
+        assert!(
+            store
+                .get(Cf::StatusIndex, &keys::status_index(Status::Created, "o1"))
+                .is_none()
+        );
+        assert_eq!(
+            (
+                stats.orders_in(Status::Delivered),
+                stats.orders_in(Status::Created)
+            ),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn replicated_entries_must_continue_the_log() {
+        let store = MapStore::default();
+        let mut plan = GroupPlan::new(Stats::default());
+        let entry = |lsn, id: &str| StoredEvent {
+            lsn: Lsn(lsn),
+            received_at: T,
+            event: event(id, "o", Status::Created, 1),
+        };
+        assert!(matches!(
+            plan.plan_replicated(&store, vec![entry(2, "x")]),
+            Err(Error::Diverged(_))
+        ));
+        plan.plan_replicated(&store, vec![entry(1, "x"), entry(2, "y")])
+            .expect("continues");
+        assert!(matches!(
+            plan.plan_replicated(&store, vec![entry(3, "z"), entry(4, "x")]),
+            Err(Error::Diverged(_))
+        ));
+        assert_eq!(
+            plan.event_count(),
+            2,
+            "the failed batch left nothing behind"
+        );
+    }
+}

@@ -1,0 +1,401 @@
+//! Reads. They run on the caller's thread, straight on RocksDB, each on one snapshot so that an index
+//! and the values it points to agree. Paged queries return an opaque cursor (see `cursor`).
+
+use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions};
+
+use crate::codec;
+use crate::cursor::CursorKind;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::event::{Lsn, Status, StoredEvent};
+use crate::keys::{self, TimePos};
+use crate::limits::{
+    PAGE_LIMIT_MAX, READ_LOG_BYTES_MAX, READ_LOG_ENTRIES_MAX, SCAN_ENTRIES_PER_PAGE_MAX,
+};
+use crate::state::OrderState;
+use crate::store::{self, Cf};
+use crate::time::Timestamp;
+
+/// One page of results. `next_cursor` is `None` when nothing follows; with a filter, a page can be
+/// shorter than the limit (even empty) while a cursor still points further (the scan bound).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Timeline direction by (`occurred_at`, LSN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// Events with `from <= occurred_at < to`, optionally only some statuses and one carrier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    /// Empty: every status.
+    pub statuses: Vec<Status>,
+    pub carrier: Option<String>,
+}
+
+impl TimeRange {
+    fn binding(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&self.from.as_millis().to_be_bytes());
+        b.extend_from_slice(&self.to.as_millis().to_be_bytes());
+        let mut statuses: Vec<u8> = self.statuses.iter().map(|s| s.to_byte()).collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        b.push(statuses.len() as u8);
+        b.extend_from_slice(&statuses);
+        b.extend_from_slice(self.carrier.as_deref().unwrap_or("").as_bytes());
+        b
+    }
+}
+
+/// Entries fetched per `multi_get` while scanning an index.
+const FETCH_CHUNK: usize = 256;
+
+fn check_limit(limit: usize) -> Result<()> {
+    if (1..=PAGE_LIMIT_MAX).contains(&limit) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "limit must be between 1 and {PAGE_LIMIT_MAX}"
+        )))
+    }
+}
+
+fn decode_pos(bytes: &[u8]) -> Result<TimePos> {
+    keys::decode_by_time(bytes)
+        .map_err(|_| Error::Corrupt("a cursor sealed by this store holds a bad position".into()))
+}
+
+/// Scans index entries (`accept` maps an entry to a candidate position, or skips it), fetches the
+/// candidates' values in chunks (`fetch` returns `None` for values its filter rejects) and stops at
+/// `limit` results or after `SCAN_ENTRIES_PER_PAGE_MAX` entries. Returns the results and the position
+/// to resume after, if anything may follow.
+fn scan_and_fetch<P: Clone, T>(
+    it: &mut DBRawIteratorWithThreadMode<'_, DB>,
+    limit: usize,
+    mut accept: impl FnMut(&[u8], &[u8]) -> Result<(P, bool)>,
+    mut fetch: impl FnMut(&[P]) -> Result<Vec<Option<T>>>,
+) -> Result<(Vec<T>, Option<P>)> {
+    let mut out = Vec::new();
+    let mut scanned = 0usize;
+    let mut last_scanned: Option<P> = None;
+    loop {
+        let mut chunk = Vec::with_capacity(FETCH_CHUNK);
+        while chunk.len() < FETCH_CHUNK && scanned < SCAN_ENTRIES_PER_PAGE_MAX {
+            let Some((k, v)) = it.item() else { break };
+            let (pos, wanted) = accept(k, v)?;
+            scanned += 1;
+            last_scanned = Some(pos.clone());
+            if wanted {
+                chunk.push(pos);
+            }
+            it.next();
+        }
+        it.status()?;
+        let fetched = if chunk.is_empty() {
+            Vec::new()
+        } else {
+            fetch(&chunk)?
+        };
+        for (i, item) in fetched.into_iter().enumerate() {
+            if let Some(item) = item {
+                out.push(item);
+                if out.len() == limit {
+                    let more = i + 1 < chunk.len() || it.valid();
+                    return Ok((out, more.then(|| chunk[i].clone())));
+                }
+            }
+        }
+        if !it.valid() {
+            return Ok((out, None));
+        }
+        if scanned >= SCAN_ENTRIES_PER_PAGE_MAX {
+            return Ok((out, last_scanned));
+        }
+    }
+}
+
+impl Engine {
+    fn db(&self) -> &DB {
+        &self.shared.db
+    }
+
+    /// The current state of an order.
+    pub fn order_state(&self, order_id: &str) -> Result<Option<OrderState>> {
+        let db = self.db();
+        match db.get_pinned_cf(store::handle(db, Cf::Orders)?, order_id.as_bytes())? {
+            Some(v) => Ok(Some(codec::decode_state(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The event stored at `lsn`.
+    pub fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
+        let db = self.db();
+        match db.get_pinned_cf(store::handle(db, Cf::Log)?, keys::log(lsn))? {
+            Some(v) => Ok(Some(codec::decode_event(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An order's events by (`occurred_at`, LSN), a page at a time. Unknown orders give an empty page.
+    pub fn order_timeline(
+        &self,
+        order_id: &str,
+        direction: Direction,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<StoredEvent>> {
+        check_limit(limit)?;
+        let kind = match direction {
+            Direction::Asc => CursorKind::TimelineAsc,
+            Direction::Desc => CursorKind::TimelineDesc,
+        };
+        let after = match cursor {
+            Some(c) => Some(decode_pos(&self.shared.sealer.open(
+                c,
+                kind,
+                order_id.as_bytes(),
+            )?)?),
+            None => None,
+        };
+        let db = self.db();
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
+        ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
+        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
+        match (direction, after) {
+            (Direction::Asc, None) => it.seek_to_first(),
+            (Direction::Desc, None) => it.seek_to_last(),
+            (Direction::Asc, Some(pos)) => {
+                let k = keys::by_order(order_id, pos);
+                it.seek(&k);
+                if it.key() == Some(&k[..]) {
+                    it.next();
+                }
+            }
+            (Direction::Desc, Some(pos)) => {
+                let k = keys::by_order(order_id, pos);
+                it.seek_for_prev(&k);
+                if it.key() == Some(&k[..]) {
+                    it.prev();
+                }
+            }
+        }
+        let mut items = Vec::new();
+        while items.len() < limit {
+            let Some(v) = it.value() else { break };
+            items.push(codec::decode_event(v)?);
+            match direction {
+                Direction::Asc => it.next(),
+                Direction::Desc => it.prev(),
+            }
+        }
+        it.status()?;
+        let next_cursor = match items.last() {
+            Some(last) if it.valid() => {
+                let pos = TimePos {
+                    at: last.event.occurred_at,
+                    lsn: last.lsn,
+                };
+                Some(
+                    self.shared
+                        .sealer
+                        .seal(kind, &keys::by_time(pos), order_id.as_bytes()),
+                )
+            }
+            _ => None,
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Events of every order with `from <= occurred_at < to`, by (`occurred_at`, LSN).
+    pub fn time_range(
+        &self,
+        q: &TimeRange,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<StoredEvent>> {
+        check_limit(limit)?;
+        if q.from > q.to {
+            return Err(Error::InvalidArgument("`from` is after `to`".into()));
+        }
+        let binding = q.binding();
+        let sealer = &self.shared.sealer;
+        let start = match cursor {
+            Some(c) => Some(decode_pos(&sealer.open(
+                c,
+                CursorKind::TimeRange,
+                &binding,
+            )?)?),
+            None => None,
+        };
+        let db = self.db();
+        let snapshot = db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        ro.set_iterate_upper_bound(
+            keys::by_time(TimePos {
+                at: q.to,
+                lsn: Lsn(0),
+            })
+            .to_vec(),
+        );
+        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByTime)?, ro);
+        match start {
+            Some(pos) => {
+                let k = keys::by_time(pos);
+                it.seek(k);
+                if it.key() == Some(&k[..]) {
+                    it.next();
+                }
+            }
+            None => it.seek(keys::by_time(TimePos {
+                at: q.from,
+                lsn: Lsn(0),
+            })),
+        }
+        let log = store::handle(db, Cf::Log)?;
+        let mut fetch_opts = ReadOptions::default();
+        fetch_opts.set_snapshot(&snapshot);
+        let (items, resume) = scan_and_fetch(
+            &mut it,
+            limit,
+            |k, v| {
+                let pos = keys::decode_by_time(k)?;
+                let status = codec::decode_time_entry(v)?;
+                Ok((pos, q.statuses.is_empty() || q.statuses.contains(&status)))
+            },
+            |positions: &[TimePos]| {
+                let ks: Vec<[u8; 8]> = positions.iter().map(|p| keys::log(p.lsn)).collect();
+                db.batched_multi_get_cf_opt(log, &ks, false, &fetch_opts)
+                    .into_iter()
+                    .zip(positions)
+                    .map(|(r, p)| {
+                        let v = r?.ok_or_else(|| {
+                            Error::Corrupt(format!("by_time points to missing LSN {}", p.lsn))
+                        })?;
+                        let e = codec::decode_event(&v)?;
+                        let wanted = q
+                            .carrier
+                            .as_ref()
+                            .is_none_or(|c| e.event.carrier.as_ref() == Some(c));
+                        Ok(wanted.then_some(e))
+                    })
+                    .collect()
+            },
+        )?;
+        let next_cursor =
+            resume.map(|pos| sealer.seal(CursorKind::TimeRange, &keys::by_time(pos), &binding));
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Orders whose current status is `status` (optionally of one carrier), by order id.
+    pub fn orders_in_status(
+        &self,
+        status: Status,
+        carrier: Option<&str>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<OrderState>> {
+        check_limit(limit)?;
+        let mut binding = vec![status.to_byte()];
+        binding.extend_from_slice(carrier.unwrap_or("").as_bytes());
+        let sealer = &self.shared.sealer;
+        let after = match cursor {
+            Some(c) => Some(sealer.open(c, CursorKind::OrdersByStatus, &binding)?),
+            None => None,
+        };
+        let db = self.db();
+        let snapshot = db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        ro.set_iterate_lower_bound(vec![status.to_byte()]);
+        ro.set_iterate_upper_bound(vec![status.to_byte() + 1]);
+        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::StatusIndex)?, ro);
+        match &after {
+            Some(order_id) => {
+                let mut k = vec![status.to_byte()];
+                k.extend_from_slice(order_id);
+                it.seek(&k);
+                if it.key() == Some(&k[..]) {
+                    it.next();
+                }
+            }
+            None => it.seek_to_first(),
+        }
+        let orders = store::handle(db, Cf::Orders)?;
+        let mut fetch_opts = ReadOptions::default();
+        fetch_opts.set_snapshot(&snapshot);
+        let (items, resume) = scan_and_fetch(
+            &mut it,
+            limit,
+            |k, _| {
+                let (_, order_id) = keys::decode_status_index(k)?;
+                Ok((order_id.as_bytes().to_vec(), true))
+            },
+            |ids: &[Vec<u8>]| {
+                db.batched_multi_get_cf_opt(orders, ids, true, &fetch_opts)
+                    .into_iter()
+                    .zip(ids)
+                    .map(|(r, id)| {
+                        let v = r?.ok_or_else(|| {
+                            Error::Corrupt(format!(
+                                "status index names missing order {:?}",
+                                String::from_utf8_lossy(id)
+                            ))
+                        })?;
+                        let s = codec::decode_state(&v)?;
+                        if s.status.value != status {
+                            return Err(Error::Corrupt(format!(
+                                "order {:?} is indexed under the wrong status",
+                                s.order_id
+                            )));
+                        }
+                        let wanted = carrier
+                            .is_none_or(|c| s.carrier.as_ref().is_some_and(|x| x.value == c));
+                        Ok(wanted.then_some(s))
+                    })
+                    .collect()
+            },
+        )?;
+        let next_cursor = resume.map(|id| sealer.seal(CursorKind::OrdersByStatus, &id, &binding));
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Up to `max` log entries from `from` on, in LSN order (at most `READ_LOG_ENTRIES_MAX` entries and
+    /// about `READ_LOG_BYTES_MAX` bytes per call).
+    pub fn read_log(&self, from: Lsn, max: usize) -> Result<Vec<StoredEvent>> {
+        let max = max.min(READ_LOG_ENTRIES_MAX);
+        let db = self.db();
+        let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
+        it.seek(keys::log(from));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < READ_LOG_BYTES_MAX {
+            let Some((k, v)) = it.item() else { break };
+            let lsn = keys::decode_log(k)?;
+            let e = codec::decode_event(v)?;
+            if e.lsn != lsn {
+                return Err(Error::Corrupt(format!(
+                    "log key {lsn} holds the event of LSN {}",
+                    e.lsn
+                )));
+            }
+            bytes += v.len();
+            out.push(e);
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,381 @@
+//! Model-based test: random sequences of appends (with duplicates, conflicts, out-of-order event
+//! times) and reopens, run against the engine and against a trivially correct in-memory model; after
+//! every step every query is compared, paging through all results with small random page sizes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+use trackstore_engine::{
+    Direction, Engine, EngineOptions, Error, Event, Lsn, OrderState, Outcome, Status, StoredEvent,
+    TimeRange, Timestamp,
+};
+
+const BASE_MS: i64 = 1_700_000_000_000;
+const CARRIERS: [&str; 3] = ["van-1", "van-2", "dhl"];
+
+/// The event an (id, variant) pair stands for: the same pair is always the same content (a retry),
+/// another variant of an id is different content under the same id (a conflict).
+fn event_for(id: u8, variant: u8) -> Event {
+    let (i, v) = (u64::from(id), u64::from(variant));
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ v.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    Event {
+        event_id: format!("e-{id}"),
+        order_id: format!("o-{}", h % 6),
+        status: Status::ALL[(h >> 8) as usize % 12],
+        // Few distinct times, so ties on occurred_at (broken by LSN) are common.
+        occurred_at: Timestamp::from_millis(BASE_MS + ((h >> 16) % 20) as i64 * 1_000)
+            .expect("in range"),
+        source: None,
+        carrier: match (h >> 24) % 4 {
+            3 => None,
+            c => Some(CARRIERS[c as usize].to_owned()),
+        },
+        reason: None,
+        location: None,
+        eta: None,
+        attributes: None,
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(Vec<(u8, u8)>),
+    /// Requests submitted back to back without waiting, so that they share group commits.
+    Concurrent(Vec<Vec<(u8, u8)>>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let spec = (0u8..40, prop_oneof![8 => Just(0u8), 1 => Just(1u8)]);
+    let request = proptest::collection::vec(spec, 1..8);
+    prop_oneof![
+        8 => request.clone().prop_map(Op::Append),
+        3 => proptest::collection::vec(request, 2..8).prop_map(Op::Concurrent),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default)]
+struct Model {
+    /// Index i holds the event of LSN i + 1.
+    log: Vec<Event>,
+    ids: HashMap<String, Lsn>,
+}
+
+impl Model {
+    /// What the engine must answer to an append request.
+    fn append(&mut self, events: &[Event]) -> Result<Vec<Outcome>, usize> {
+        let mut staged: Vec<Event> = Vec::new();
+        let mut outcomes = Vec::new();
+        for (index, e) in events.iter().enumerate() {
+            let existing = self
+                .ids
+                .get(&e.event_id)
+                .map(|l| (*l, &self.log[l.0 as usize - 1]))
+                .or_else(|| {
+                    staged
+                        .iter()
+                        .position(|s| s.event_id == e.event_id)
+                        .map(|p| (Lsn((self.log.len() + p + 1) as u64), &staged[p]))
+                });
+            match existing {
+                Some((lsn, prior)) if prior == e => outcomes.push(Outcome::Duplicate(lsn)),
+                Some(_) => return Err(index),
+                None => {
+                    outcomes.push(Outcome::Created(Lsn(
+                        (self.log.len() + staged.len() + 1) as u64
+                    )));
+                    staged.push(e.clone());
+                }
+            }
+        }
+        for e in staged {
+            self.ids
+                .insert(e.event_id.clone(), Lsn(self.log.len() as u64 + 1));
+            self.log.push(e);
+        }
+        Ok(outcomes)
+    }
+
+    fn events(&self) -> impl Iterator<Item = (Lsn, &Event)> {
+        self.log
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (Lsn(i as u64 + 1), e))
+    }
+
+    fn timeline(&self, order_id: &str) -> Vec<(Lsn, Event)> {
+        let mut v: Vec<_> = self
+            .events()
+            .filter(|(_, e)| e.order_id == order_id)
+            .map(|(l, e)| (l, e.clone()))
+            .collect();
+        v.sort_by_key(|(l, e)| (e.occurred_at, *l));
+        v
+    }
+
+    /// (status, carrier, event_count, last_lsn) recomputed from scratch.
+    fn state(&self, order_id: &str) -> Option<(Status, Option<String>, u64, Lsn)> {
+        let t = self.timeline(order_id);
+        let (_, newest) = t.last()?;
+        let carrier = t.iter().rev().find_map(|(_, e)| e.carrier.clone());
+        let last_lsn = t.iter().map(|(l, _)| *l).max()?;
+        Some((newest.status, carrier, t.len() as u64, last_lsn))
+    }
+
+    fn orders(&self) -> BTreeMap<String, (Status, Option<String>, u64, Lsn)> {
+        let ids: std::collections::BTreeSet<_> =
+            self.log.iter().map(|e| e.order_id.clone()).collect();
+        ids.into_iter()
+            .map(|id| {
+                let s = self.state(&id).expect("order has events");
+                (id, s)
+            })
+            .collect()
+    }
+}
+
+fn state_tuple(s: &OrderState) -> (Status, Option<String>, u64, Lsn) {
+    (
+        s.status.value,
+        s.carrier.as_ref().map(|c| c.value.clone()),
+        s.event_count,
+        s.last_lsn,
+    )
+}
+
+fn strip(events: Vec<StoredEvent>) -> Vec<(Lsn, Event)> {
+    events.into_iter().map(|s| (s.lsn, s.event)).collect()
+}
+
+fn all_pages<T>(
+    mut page: impl FnMut(Option<&str>) -> trackstore_engine::Result<trackstore_engine::Page<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..1_000 {
+        let p = page(cursor.as_deref()).expect("query");
+        out.extend(p.items);
+        match p.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+fn check_all(engine: &Engine, model: &Model, page_size: usize) {
+    let report = engine.verify().expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, model.log.len() as u64);
+    // Log.
+    let log = engine.read_log(Lsn(1), 10_000).expect("read_log");
+    assert_eq!(
+        strip(log.clone()),
+        model
+            .events()
+            .map(|(l, e)| (l, e.clone()))
+            .collect::<Vec<_>>()
+    );
+    // Stats.
+    let stats = engine.stats();
+    let orders = model.orders();
+    assert_eq!(stats.events, model.log.len() as u64);
+    assert_eq!(stats.last_lsn, Lsn(model.log.len() as u64));
+    assert_eq!(stats.orders, orders.len() as u64);
+    for status in Status::ALL {
+        assert_eq!(
+            stats.orders_in(status),
+            orders.values().filter(|s| s.0 == status).count() as u64,
+            "{status}"
+        );
+    }
+    // Order states and timelines.
+    for o in 0..6 {
+        let id = format!("o-{o}");
+        let got = engine.order_state(&id).expect("order_state");
+        assert_eq!(
+            got.as_ref().map(state_tuple),
+            model.state(&id),
+            "state of {id}"
+        );
+        if let Some(s) = got {
+            let last = log
+                .iter()
+                .find(|e| e.lsn == s.last_lsn)
+                .expect("last event in log");
+            assert_eq!(s.updated_at, last.received_at);
+        }
+        let want = model.timeline(&id);
+        let asc = all_pages(|c| engine.order_timeline(&id, Direction::Asc, page_size, c));
+        assert_eq!(strip(asc), want, "timeline asc of {id}");
+        let desc = all_pages(|c| engine.order_timeline(&id, Direction::Desc, page_size, c));
+        assert_eq!(
+            strip(desc),
+            want.into_iter().rev().collect::<Vec<_>>(),
+            "timeline desc of {id}"
+        );
+    }
+    // Orders by status, with and without a carrier filter.
+    for status in Status::ALL {
+        for carrier in [None, Some("van-1")] {
+            let got: Vec<_> = all_pages(|c| engine.orders_in_status(status, carrier, page_size, c))
+                .iter()
+                .map(|s| (s.order_id.clone(), state_tuple(s)))
+                .collect();
+            let want: Vec<_> = orders
+                .iter()
+                .filter(|(_, s)| s.0 == status && carrier.is_none_or(|c| s.1.as_deref() == Some(c)))
+                .map(|(id, s)| (id.clone(), s.clone()))
+                .collect();
+            assert_eq!(got, want, "orders in {status} carrier {carrier:?}");
+        }
+    }
+    // Time ranges with filters.
+    let t = |s: i64| Timestamp::from_millis(BASE_MS + s * 1_000).expect("in range");
+    let ranges = [
+        TimeRange {
+            from: t(0),
+            to: t(20),
+            statuses: vec![],
+            carrier: None,
+        },
+        TimeRange {
+            from: t(3),
+            to: t(9),
+            statuses: vec![],
+            carrier: None,
+        },
+        TimeRange {
+            from: t(0),
+            to: t(20),
+            statuses: vec![Status::Created, Status::Delivered],
+            carrier: None,
+        },
+        TimeRange {
+            from: t(5),
+            to: t(15),
+            statuses: vec![],
+            carrier: Some("dhl".into()),
+        },
+        TimeRange {
+            from: t(7),
+            to: t(7),
+            statuses: vec![],
+            carrier: None,
+        },
+    ];
+    for q in ranges {
+        let got = strip(all_pages(|c| engine.time_range(&q, page_size, c)));
+        let mut want: Vec<_> = model
+            .events()
+            .filter(|(_, e)| e.occurred_at >= q.from && e.occurred_at < q.to)
+            .filter(|(_, e)| q.statuses.is_empty() || q.statuses.contains(&e.status))
+            .filter(|(_, e)| q.carrier.is_none() || e.carrier == q.carrier)
+            .map(|(l, e)| (l, e.clone()))
+            .collect();
+        want.sort_by_key(|(l, e)| (e.occurred_at, *l));
+        assert_eq!(got, want, "{q:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..25), page_size in 1usize..5) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut engine = Some(Engine::open(dir.path(), EngineOptions::default()).expect("open"));
+        let mut model = Model::default();
+        for op in ops {
+            match op {
+                Op::Append(specs) => {
+                    let events: Vec<Event> = specs.iter().map(|(id, v)| event_for(*id, *v)).collect();
+                    let want = model.append(&events);
+                    let got = engine.as_ref().expect("open").append(events);
+                    match (want, got) {
+                        (Ok(w), Ok(g)) => prop_assert_eq!(w, g),
+                        (Err(index), Err(Error::Conflict { index: i, .. })) => prop_assert_eq!(index, i),
+                        (w, g) => prop_assert!(false, "model {:?} engine {:?}", w, g),
+                    }
+                }
+                Op::Concurrent(requests) => {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    let engine_ref = engine.as_ref().expect("open");
+                    for (i, specs) in requests.iter().enumerate() {
+                        let events: Vec<Event> = specs.iter().map(|(id, v)| event_for(*id, *v)).collect();
+                        let tx = tx.clone();
+                        engine_ref.submit_append(events, move |r| { let _ = tx.send((i, r)); }).expect("queued");
+                    }
+                    drop(tx);
+                    let mut replies: Vec<_> = rx.iter().collect();
+                    replies.sort_by_key(|(i, _)| *i);
+                    prop_assert_eq!(replies.len(), requests.len());
+                    for ((_, got), specs) in replies.into_iter().zip(&requests) {
+                        let events: Vec<Event> = specs.iter().map(|(id, v)| event_for(*id, *v)).collect();
+                        match (model.append(&events), got) {
+                            (Ok(w), Ok(g)) => prop_assert_eq!(w, g),
+                            (Err(index), Err(Error::Conflict { index: i, .. })) => prop_assert_eq!(index, i),
+                            (w, g) => prop_assert!(false, "model {:?} engine {:?}", w, g),
+                        }
+                    }
+                }
+                Op::Reopen => {
+                    drop(engine.take());
+                    engine = Some(Engine::open(dir.path(), EngineOptions::default()).expect("reopen"));
+                }
+            }
+            check_all(engine.as_ref().expect("open"), &model, page_size);
+        }
+    }
+}
+
+/// A tampered cursor, or one from another query, is refused and names the problem.
+#[test]
+fn cursors_refuse_tampering_and_other_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+    let events: Vec<Event> = (0..40).map(|i| event_for(i, 0)).collect();
+    engine.append(events).expect("append");
+    let order = engine.read_log(Lsn(1), 1).expect("log")[0]
+        .event
+        .order_id
+        .clone();
+    let page = engine
+        .order_timeline(&order, Direction::Asc, 1, None)
+        .expect("page");
+    let cursor = page.next_cursor.expect("more than one event");
+    let mut tampered = cursor.clone().into_bytes();
+    tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    for (c, order, dir) in [
+        (tampered.as_str(), order.as_str(), Direction::Asc),
+        (cursor.as_str(), "o-other", Direction::Asc),
+        (cursor.as_str(), order.as_str(), Direction::Desc),
+        ("garbage!", order.as_str(), Direction::Asc),
+    ] {
+        let err = engine
+            .order_timeline(order, dir, 1, Some(c))
+            .expect_err("refused");
+        assert!(matches!(err, Error::Cursor(_)), "{err:?}");
+        assert!(err.to_string().contains("invalid cursor"), "{err}");
+    }
+    let range = TimeRange {
+        from: Timestamp::MIN,
+        to: Timestamp::MAX,
+        statuses: vec![],
+        carrier: None,
+    };
+    assert!(matches!(
+        engine.time_range(&range, 1, Some(&cursor)),
+        Err(Error::Cursor(_))
+    ));
+    // Cursors survive a reopen: the key is stored.
+    drop(engine);
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("reopen");
+    assert!(
+        engine
+            .order_timeline(&order, Direction::Asc, 1, Some(&cursor))
+            .is_ok()
+    );
+}

@@ -1,0 +1,18 @@
+//! trackstore's disaster-recovery replication (DESIGN.md §4). This crate grows with the replication
+//! issue; today it holds the pure core that rejoin depends on:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`epochs`] | epoch histories and the point where two logs diverge |
+//!
+//! ```
+//! use trackstore_engine::Lsn;
+//! use trackstore_replication::epochs::{EpochHistory, last_common_lsn};
+//! // The old primary wrote LSNs 1..=120 in epoch 1; the replica, promoted at LSN 101 (epoch 2), went on
+//! // to LSN 150. The old primary keeps 1..=100 and quarantines 101..=120.
+//! let old = EpochHistory::new(vec![(1, Lsn(1))]).unwrap();
+//! let new = EpochHistory::new(vec![(1, Lsn(1)), (2, Lsn(101))]).unwrap();
+//! assert_eq!(last_common_lsn(&old, Lsn(120), &new, Lsn(150)), Lsn(100));
+//! ```
+
+pub mod epochs;

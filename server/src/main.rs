@@ -1,0 +1,2 @@
+//! Placeholder replaced by the server work in progress.
+fn main() {}
