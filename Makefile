@@ -31,6 +31,8 @@ deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+	@# aioquic: an HTTP/3 client independent of our h3/quinn stack, for the interop test.
+	@python3 -c "import aioquic" >/dev/null 2>&1 || python3 -m pip install -q aioquic
 
 fmt:
 	$(CARGO) fmt --all

@@ -484,7 +484,8 @@ fn parse_location(loc: &Map<String, Value>) -> Result<Location, FieldError> {
     })
 }
 
-fn check_id(id: &str, field: &'static str) -> Result<(), FieldError> {
+/// The rule for `event_id` and `order_id`: 1–128 of `[A-Za-z0-9._:-]`.
+pub fn check_id(id: &str, field: &'static str) -> Result<(), FieldError> {
     let ok = !id.is_empty()
         && id.len() <= ID_BYTES_MAX
         && id

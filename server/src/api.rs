@@ -1,0 +1,858 @@
+//! The v1 API (API.md): one axum `Router` served over HTTP/1.1, HTTP/2 and HTTP/3. Engine calls that
+//! touch RocksDB run on the blocking pool; appends go through the engine's writer channel and are
+//! answered from its reply, so no async worker ever waits on disk.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use trackstore_engine::event::{BodyFormat, check_id, parse_request};
+use trackstore_engine::{
+    Direction, Engine, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
+};
+
+use crate::config::Limits;
+use crate::hub::{Filter, Hub, STEP_EVENTS};
+use crate::metrics::{Metrics, ReasonLabels, RequestLabels, RouteLabels};
+use crate::problem::Problem;
+
+/// Bodies larger than this are parsed on the blocking pool, not on an async worker.
+const PARSE_INLINE_BYTES_MAX: usize = 64 * 1024;
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct App {
+    pub engine: Arc<Engine>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub inflight: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+    pub shutting_down: AtomicBool,
+    /// The UDP port serving HTTP/3, advertised with `Alt-Svc`.
+    pub h3_port: Option<u16>,
+}
+
+type AppState = Arc<App>;
+
+/// Every route of `router`, as (method, path template): the OpenAPI document must list exactly these
+/// (checked by `tests/openapi_routes.rs`, which also sends each one through the router).
+pub const ROUTES: [(&str, &str); 12] = [
+    ("POST", "/v1/events"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/orders"),
+    ("GET", "/v1/orders/{order_id}"),
+    ("GET", "/v1/orders/{order_id}/events"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/stream"),
+    ("GET", "/v1/admin/replication"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", get(time_range).post(ingest))
+        .route("/v1/orders", get(orders_in_status))
+        .route("/v1/orders/{order_id}", get(order_state))
+        .route("/v1/orders/{order_id}/events", get(timeline))
+        .route("/v1/stats", get(stats))
+        .route("/v1/stream", get(stream))
+        .route("/v1/admin/replication", get(replication))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// The route label of a request path: the route template, or `unmatched`. Keeps label cardinality
+/// bounded whatever clients send.
+pub fn route_of(path: &str) -> &'static str {
+    match path {
+        "/v1/events" => "/v1/events",
+        "/v1/orders" => "/v1/orders",
+        "/v1/stats" => "/v1/stats",
+        "/v1/stream" => "/v1/stream",
+        "/v1/admin/replication" => "/v1/admin/replication",
+        "/v1/openapi.json" => "/v1/openapi.json",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p => match p.strip_prefix("/v1/orders/") {
+            Some(rest) if !rest.is_empty() && !rest.contains('/') => "/v1/orders/{order_id}",
+            Some(rest) if rest.ends_with("/events") && rest.matches('/').count() == 1 => {
+                "/v1/orders/{order_id}/events"
+            }
+            _ => "unmatched",
+        },
+    }
+}
+
+pub fn protocol_of(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_3 => "h3",
+        Version::HTTP_2 => "h2",
+        Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    }
+}
+
+/// Every request passes here: the in-flight bound (probes exempt), the request timeout (to the
+/// response head), metrics, and `Alt-Svc`.
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_of(req.uri().path());
+    let method = req.method().as_str().to_owned();
+    let protocol = protocol_of(req.version());
+    let probe = matches!(route, "/healthz" | "/readyz" | "/metrics");
+    let permit = if probe {
+        None
+    } else {
+        match app.inflight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                app.metrics
+                    .overload_rejections
+                    .get_or_create(&ReasonLabels {
+                        reason: "inflight_requests",
+                    })
+                    .inc();
+                let limit = app.limits.max_inflight_requests;
+                return finish(
+                    &app,
+                    started,
+                    route,
+                    method,
+                    protocol,
+                    Problem::overloaded(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("{limit} requests are in flight; retry later"),
+                    )
+                    .into_response(),
+                );
+            }
+        }
+    };
+    let resp = match tokio::time::timeout(app.limits.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+                format!(
+                    "no answer within {} ms; a write may or may not have been stored: retry it \
+                     with the same event ids (idempotent)",
+                    app.limits.request_timeout.as_millis()
+                ),
+            );
+            p.retry_after_secs = Some(1);
+            p.into_response()
+        }
+    };
+    drop(permit);
+    finish(&app, started, route, method, protocol, resp)
+}
+
+fn finish(
+    app: &App,
+    started: Instant,
+    route: &'static str,
+    method: String,
+    protocol: &'static str,
+    mut resp: Response,
+) -> Response {
+    let m = &app.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            route: route.to_owned(),
+            method,
+            status: resp.status().as_u16(),
+            protocol,
+        })
+        .inc();
+    m.request_seconds
+        .get_or_create(&RouteLabels {
+            route: route.to_owned(),
+            protocol,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    if let (Some(port), false) = (app.h3_port, protocol == "h3") {
+        if let Ok(v) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
+            resp.headers_mut().insert(header::ALT_SVC, v);
+        }
+    }
+    resp
+}
+
+async fn not_found(req: Request) -> Problem {
+    Problem::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Runs a blocking engine call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::internal(format!("worker failed: {e}")))?
+}
+
+// ---- query parameters ----------------------------------------------------------------------
+
+/// Query parameters, checked strictly: unknown or repeated parameters are errors, so a typo
+/// (`stauts=`) never silently widens a query.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn from(
+        q: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Params, Problem> {
+        match q {
+            Ok(Query(v)) => Ok(Params(v)),
+            Err(e) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                format!("the query string does not parse: {e}"),
+            )),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Result<Option<String>, Problem> {
+        let mut found = None;
+        let mut i = 0;
+        while i < self.0.len() {
+            if self.0[i].0 == name {
+                let (_, v) = self.0.remove(i);
+                if found.is_some() {
+                    return Err(Problem::invalid_parameter(name, "given more than once"));
+                }
+                found = Some(v);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    fn finish(self) -> Result<(), Problem> {
+        match self.0.first() {
+            Some((name, _)) => Err(Problem::invalid_parameter(name, "unknown parameter")),
+            None => Ok(()),
+        }
+    }
+
+    fn limit(&mut self, default: usize) -> Result<usize, Problem> {
+        match self.take("limit")? {
+            None => Ok(default),
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=trackstore_engine::limits::PAGE_LIMIT_MAX).contains(&n) => Ok(n),
+                _ => Err(Problem::invalid_parameter(
+                    "limit",
+                    format!(
+                        "must be an integer from 1 to {}",
+                        trackstore_engine::limits::PAGE_LIMIT_MAX
+                    ),
+                )),
+            },
+        }
+    }
+
+    fn time(&mut self, name: &str) -> Result<Option<Timestamp>, Problem> {
+        self.take(name)?
+            .map(|s| Timestamp::parse(&s).map_err(|e| Problem::invalid_parameter(name, e)))
+            .transpose()
+    }
+
+    fn statuses(&mut self) -> Result<Vec<Status>, Problem> {
+        let Some(s) = self.take("status")? else {
+            return Ok(Vec::new());
+        };
+        s.split(',')
+            .map(|one| {
+                Status::parse(one).ok_or_else(|| {
+                    Problem::invalid_parameter("status", format!("unknown status {one:?}"))
+                })
+            })
+            .collect()
+    }
+
+    fn carrier(&mut self) -> Result<Option<String>, Problem> {
+        let c = self.take("carrier")?;
+        if let Some(c) = &c {
+            if c.is_empty() || c.chars().count() > trackstore_engine::limits::LABEL_CHARS_MAX {
+                return Err(Problem::invalid_parameter(
+                    "carrier",
+                    format!(
+                        "must be 1 to {} characters",
+                        trackstore_engine::limits::LABEL_CHARS_MAX
+                    ),
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    fn cursor(&mut self) -> Result<Option<String>, Problem> {
+        self.take("cursor")
+    }
+}
+
+type RawQuery = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+fn order_id_param(order_id: &str) -> Result<(), Problem> {
+    check_id(order_id, "order_id").map_err(|e| Problem::invalid_parameter("order_id", e.message))
+}
+
+fn events_json(events: &[StoredEvent]) -> Vec<Value> {
+    events.iter().map(StoredEvent::to_json).collect()
+}
+
+// ---- ingest ----------------------------------------------------------------------------------
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(BodyFormat::Json);
+    };
+    let ct = ct.to_str().unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" | "application/ndjson" => Ok(BodyFormat::Ndjson),
+        _ => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            format!(
+                "Content-Type {ct:?} is not accepted: send application/json (an event or an \
+                 array of events) or application/x-ndjson"
+            ),
+        )),
+    }
+}
+
+fn too_large(limit: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        "Request body too large",
+        format!("the body is over the limit of {limit} bytes"),
+    )
+}
+
+/// Reads a body up to `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            format!("the request body could not be read: {e}"),
+        )),
+    }
+}
+
+async fn ingest(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let format = body_format(&headers)?;
+    let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
+    let now = Timestamp::now();
+    let events = if bytes.len() > PARSE_INLINE_BYTES_MAX {
+        blocking(move || parse_request(&bytes, format, now).map_err(Problem::from)).await?
+    } else {
+        parse_request(&bytes, format, now)?
+    };
+    let max = app.limits.max_events_per_request;
+    if events.len() > max {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-events",
+            "Too many events in one request",
+            format!(
+                "the request holds {} events; at most {max} are accepted",
+                events.len()
+            ),
+        ));
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let (tx, rx) = oneshot::channel();
+    app.engine.submit_append(events, move |r| {
+        let _ = tx.send(r);
+    })?;
+    let outcomes = rx
+        .await
+        .map_err(|_| Problem::from(trackstore_engine::Error::Closed))??;
+    let mut created = 0u64;
+    let results: Vec<Value> = ids
+        .iter()
+        .zip(&outcomes)
+        .map(|(id, o)| {
+            let outcome = match o {
+                Outcome::Created(_) => {
+                    created += 1;
+                    "created"
+                }
+                Outcome::Duplicate(_) => "duplicate",
+            };
+            json!({"event_id": id, "lsn": o.lsn().0, "outcome": outcome})
+        })
+        .collect();
+    let m = &app.metrics.ingest_events;
+    m.get_or_create(&crate::metrics::OutcomeLabels { outcome: "created" })
+        .inc_by(created);
+    m.get_or_create(&crate::metrics::OutcomeLabels {
+        outcome: "duplicate",
+    })
+    .inc_by(outcomes.len() as u64 - created);
+    Ok(axum::Json(json!({ "results": results })).into_response())
+}
+
+// ---- reads -----------------------------------------------------------------------------------
+
+async fn order_state(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    q: RawQuery,
+) -> Result<Response, Problem> {
+    Params::from(q)?.finish()?;
+    order_id_param(&order_id)?;
+    let engine = app.engine.clone();
+    let id = order_id.clone();
+    let state = blocking(move || engine.order_state(&id).map_err(Problem::from)).await?;
+    match state {
+        Some(s) => Ok(axum::Json(s.to_json()).into_response()),
+        None => Err(Problem::not_found(format!("no order {order_id:?}"))),
+    }
+}
+
+async fn timeline(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    q: RawQuery,
+) -> Result<Response, Problem> {
+    let mut p = Params::from(q)?;
+    let limit = p.limit(100)?;
+    let cursor = p.cursor()?;
+    let direction = match p.take("order")?.as_deref() {
+        None | Some("asc") => Direction::Asc,
+        Some("desc") => Direction::Desc,
+        Some(_) => return Err(Problem::invalid_parameter("order", "must be asc or desc")),
+    };
+    p.finish()?;
+    order_id_param(&order_id)?;
+    let engine = app.engine.clone();
+    let page = blocking(move || {
+        engine
+            .order_timeline(&order_id, direction, limit, cursor.as_deref())
+            .map_err(Problem::from)
+    })
+    .await?;
+    Ok(
+        axum::Json(json!({"events": events_json(&page.items), "next_cursor": page.next_cursor}))
+            .into_response(),
+    )
+}
+
+async fn orders_in_status(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
+    let mut p = Params::from(q)?;
+    let status = match p.take("status")? {
+        None => return Err(Problem::invalid_parameter("status", "is required")),
+        Some(s) => Status::parse(&s)
+            .ok_or_else(|| Problem::invalid_parameter("status", format!("unknown status {s:?}")))?,
+    };
+    let carrier = p.carrier()?;
+    let limit = p.limit(100)?;
+    let cursor = p.cursor()?;
+    p.finish()?;
+    let engine = app.engine.clone();
+    let page = blocking(move || {
+        engine
+            .orders_in_status(status, carrier.as_deref(), limit, cursor.as_deref())
+            .map_err(Problem::from)
+    })
+    .await?;
+    let orders: Vec<Value> = page.items.iter().map(|o| o.to_json()).collect();
+    Ok(axum::Json(json!({"orders": orders, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn time_range(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
+    let mut p = Params::from(q)?;
+    let from = p
+        .time("from")?
+        .ok_or_else(|| Problem::invalid_parameter("from", "is required"))?;
+    let to = p
+        .time("to")?
+        .ok_or_else(|| Problem::invalid_parameter("to", "is required"))?;
+    if from > to {
+        return Err(Problem::invalid_parameter("from", "is after `to`"));
+    }
+    let statuses = p.statuses()?;
+    let carrier = p.carrier()?;
+    let limit = p.limit(1000)?;
+    let cursor = p.cursor()?;
+    p.finish()?;
+    let range = TimeRange {
+        from,
+        to,
+        statuses,
+        carrier,
+    };
+    let engine = app.engine.clone();
+    let page = blocking(move || {
+        engine
+            .time_range(&range, limit, cursor.as_deref())
+            .map_err(Problem::from)
+    })
+    .await?;
+    Ok(
+        axum::Json(json!({"events": events_json(&page.items), "next_cursor": page.next_cursor}))
+            .into_response(),
+    )
+}
+
+async fn stats(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
+    Params::from(q)?.finish()?;
+    Ok(axum::Json(app.engine.stats().to_json()).into_response())
+}
+
+// ---- live stream -----------------------------------------------------------------------------
+
+async fn stream(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    q: RawQuery,
+) -> Result<Response, Problem> {
+    let mut p = Params::from(q)?;
+    let order_id = p.take("order_id")?;
+    if let Some(o) = &order_id {
+        order_id_param(o)?;
+    }
+    let filter = Filter {
+        order_id,
+        statuses: p.statuses()?,
+        carrier: p.carrier()?,
+    };
+    let from_lsn = match p.take("from_lsn")? {
+        None => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            Problem::invalid_parameter("from_lsn", "must be a non-negative integer")
+        })?),
+    };
+    p.finish()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    Problem::invalid_parameter("Last-Event-ID", "must be an LSN (an integer)")
+                })?,
+        ),
+    };
+    // The browser's reconnect carries the original URL and the last id it saw: the id wins.
+    let start = match (last_event_id, from_lsn) {
+        (Some(id), _) => id.saturating_add(1),
+        (None, Some(from)) => from.max(1),
+        (None, None) => app.hub.head() + 1,
+    };
+    let Some(guard) = app.hub.subscribe(app.limits.max_subscribers) else {
+        app.metrics
+            .overload_rejections
+            .get_or_create(&ReasonLabels {
+                reason: "subscribers",
+            })
+            .inc();
+        return Err(Problem::overloaded(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} subscribers are connected; retry later",
+                app.limits.max_subscribers
+            ),
+        ));
+    };
+    let (tx, rx) = mpsc::channel(app.limits.stream_buffer_events);
+    app.metrics.subscribers.inc();
+    tokio::spawn(subscriber(app.clone(), filter, start, tx, guard));
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+type SseItem = Result<SseEvent, Infallible>;
+
+const SHUTDOWN_DETAIL: &str = "the server is shutting down; reconnect with Last-Event-ID to resume";
+
+/// One subscriber: a position in the log, advanced through the ring or the log, sent in LSN order.
+async fn subscriber(
+    app: AppState,
+    filter: Filter,
+    mut next: u64,
+    tx: mpsc::Sender<SseItem>,
+    guard: crate::hub::SubscriberGuard,
+) {
+    let reason = follow(&app, &filter, &mut next, &tx).await;
+    if let Some((reason, detail)) = reason {
+        app.metrics
+            .subscriber_disconnects
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        let data = json!({"reason": reason, "detail": detail, "next_lsn": next}).to_string();
+        // Best effort: a subscriber that does not read at all within a few seconds is just dropped.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tx.send(Ok(SseEvent::default().event("error").data(data))),
+        )
+        .await;
+    }
+    app.metrics.subscribers.dec();
+    drop(guard);
+}
+
+/// Follows the log until the client leaves (`None`) or the server ends the stream (a reason).
+async fn follow(
+    app: &App,
+    filter: &Filter,
+    next: &mut u64,
+    tx: &mpsc::Sender<SseItem>,
+) -> Option<(&'static str, String)> {
+    let mut head_rx = app.hub.watch_head();
+    let mut shutdown = app.shutdown.clone();
+    let max_lag = app.limits.stream_max_lag_events;
+    let mut caught_up = false;
+    loop {
+        if *shutdown.borrow() {
+            return Some(("shutdown", SHUTDOWN_DETAIL.into()));
+        }
+        let head = *head_rx.borrow_and_update();
+        if *next > head {
+            caught_up = true;
+            tokio::select! {
+                r = head_rx.changed() => if r.is_err() { return None },
+                _ = shutdown.changed() => {}
+                _ = tx.closed() => return None,
+            }
+            continue;
+        }
+        // Only a subscriber that was live and fell behind is too slow; a replay from an old LSN
+        // reads the log at its own pace with bounded memory.
+        if caught_up && head - *next >= max_lag {
+            return Some((
+                "too_slow",
+                format!(
+                    "the subscriber fell {} events behind the head of the log (limit {max_lag}); \
+                     reconnect with Last-Event-ID to resume",
+                    head - *next + 1
+                ),
+            ));
+        }
+        let batch = match app.hub.from_ring(*next, STEP_EVENTS) {
+            Some(b) => b,
+            None => {
+                let engine = app.engine.clone();
+                let from = *next;
+                let read =
+                    tokio::task::spawn_blocking(move || engine.read_log(Lsn(from), STEP_EVENTS))
+                        .await;
+                match read {
+                    Ok(Ok(events)) => events.into_iter().map(Arc::new).collect(),
+                    Ok(Err(e)) => return Some(("storage_failure", e.to_string())),
+                    Err(e) => return Some(("internal", e.to_string())),
+                }
+            }
+        };
+        if batch.is_empty() {
+            // Nothing stored from `next` to the head (erased entries): skip to the head.
+            *next = head + 1;
+            continue;
+        }
+        for e in batch {
+            if filter.matches(&e) {
+                let item = SseEvent::default()
+                    .id(e.lsn.0.to_string())
+                    .event("delivery")
+                    .data(e.to_json().to_string());
+                tokio::select! {
+                    r = tx.send(Ok(item)) => if r.is_err() { return None },
+                    _ = shutdown.changed() => return Some(("shutdown", SHUTDOWN_DETAIL.into())),
+                }
+            }
+            // Advanced only once delivered, so that `next_lsn` in a final error is exact.
+            *next = e.lsn.0 + 1;
+        }
+    }
+}
+
+// ---- operations ------------------------------------------------------------------------------
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    let not_ready = if app.shutting_down.load(Ordering::Acquire) {
+        Some("the server is shutting down".to_owned())
+    } else {
+        app.engine
+            .poisoned()
+            .map(|r| format!("the engine refuses writes: {r}"))
+    };
+    match not_ready {
+        None => axum::Json(json!({"status": "ready", "role": "primary"})).into_response(),
+        Some(detail) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-ready",
+                "Not ready",
+                detail,
+            );
+            p.retry_after_secs = Some(5);
+            p.into_response()
+        }
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Result<Response, Problem> {
+    let a = app.clone();
+    let text = blocking(move || Ok(a.metrics.render(&a.engine))).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn replication(State(app): State<AppState>) -> Response {
+    let epoch = app.engine.epoch_history().last().map_or(0, |e| e.0);
+    axum::Json(json!({
+        "role": "primary",
+        "epoch": epoch,
+        "last_lsn": app.engine.last_lsn().0,
+        "replicas": [],
+    }))
+    .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_are_bounded() {
+        assert_eq!(route_of("/v1/orders/o-1"), "/v1/orders/{order_id}");
+        assert_eq!(
+            route_of("/v1/orders/o-1/events"),
+            "/v1/orders/{order_id}/events"
+        );
+        assert_eq!(route_of("/v1/orders/o-1/x/events"), "unmatched");
+        assert_eq!(route_of("/v1/orders/"), "unmatched");
+        assert_eq!(route_of("/random/path"), "unmatched");
+        assert_eq!(route_of("/v1/events"), "/v1/events");
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Json);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Json);
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-ndjson".parse().unwrap(),
+        );
+        assert_eq!(body_format(&h).unwrap(), BodyFormat::Ndjson);
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(
+            body_format(&h).unwrap_err().status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+
+    #[test]
+    fn params_reject_unknown_and_repeated() {
+        let mut p = Params(vec![
+            ("limit".into(), "5".into()),
+            ("stauts".into(), "x".into()),
+        ]);
+        assert_eq!(p.limit(100).unwrap(), 5);
+        let e = p.finish().unwrap_err();
+        assert_eq!(e.slug, "invalid-parameter");
+        assert!(e.detail.contains("stauts"));
+        let mut p = Params(vec![
+            ("limit".into(), "5".into()),
+            ("limit".into(), "6".into()),
+        ]);
+        assert!(p.limit(100).is_err());
+        let mut p = Params(vec![("limit".into(), "0".into())]);
+        assert!(p.limit(100).is_err());
+        let mut p = Params(vec![("status".into(), "delivered,returned".into())]);
+        assert_eq!(
+            p.statuses().unwrap(),
+            vec![Status::Delivered, Status::Returned]
+        );
+        let mut p = Params(vec![("status".into(), "lost".into())]);
+        assert!(p.statuses().is_err());
+    }
+}

@@ -1,0 +1,399 @@
+//! Configuration: embedded defaults, overridden by a TOML file, overridden by `TRACKSTORE_*`
+//! environment variables, overridden by flags (DESIGN.md §6). Every key has a safe default, so
+//! `trackstore` with no argument runs a local primary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use trackstore_engine::limits::EVENTS_PER_REQUEST_MAX;
+
+/// A listener address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.parse()
+            .map(Listen::On)
+            .map_err(|e| format!("{s:?} is neither `off` nor an address like 127.0.0.1:8080: {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Acknowledge after fsync (the promise of DESIGN.md).
+    Sync,
+    /// Acknowledge before fsync: loses acknowledged events on power loss. Benchmarks only.
+    NosyncUnsafe,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub data: PathBuf,
+    pub http: Listen,
+    pub https: Listen,
+    pub replication: Listen,
+    pub replica_of: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub durability: Durability,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+/// Every bound of the front end. Documented in docs/limits.md.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+    pub max_connections: usize,
+    pub max_inflight_requests: usize,
+    pub max_quic_streams: u32,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// SSE events queued per subscriber between its reader task and its connection.
+    pub stream_buffer_events: usize,
+    /// A subscriber further behind the head of the log than this is disconnected.
+    pub stream_max_lag_events: u64,
+    pub max_subscribers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_events_per_request: EVENTS_PER_REQUEST_MAX,
+            max_connections: 4096,
+            max_inflight_requests: 1024,
+            max_quic_streams: 100,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(25),
+            stream_buffer_events: 256,
+            stream_max_lag_events: 100_000,
+            max_subscribers: 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data: PathBuf::from("./data"),
+            http: Listen::On(([127, 0, 0, 1], 8080).into()),
+            https: Listen::On(([127, 0, 0, 1], 8443).into()),
+            replication: Listen::On(([127, 0, 0, 1], 7443).into()),
+            replica_of: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            durability: Durability::Sync,
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Flags; each also reads its `TRACKSTORE_*` environment variable. Absent means "not set here", so
+/// that the file and the defaults show through.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "trackstore",
+    version,
+    about = "trackstore: a durable tracking store for delivery events"
+)]
+pub struct Flags {
+    /// TOML configuration file.
+    #[arg(long, env = "TRACKSTORE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (created if missing). Default ./data.
+    #[arg(long, env = "TRACKSTORE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Cleartext HTTP/1.1 (and h2c) listener, or `off`. Default 127.0.0.1:8080.
+    #[arg(long, env = "TRACKSTORE_HTTP", value_name = "ADDR")]
+    pub http: Option<Listen>,
+    /// TLS on TCP (HTTP/1.1, HTTP/2) and HTTP/3 on UDP, same port, or `off`. Default 127.0.0.1:8443.
+    #[arg(long, env = "TRACKSTORE_HTTPS", value_name = "ADDR")]
+    pub https: Option<Listen>,
+    /// QUIC listener for replicas (primary role), or `off`. Default 127.0.0.1:7443.
+    #[arg(long, env = "TRACKSTORE_REPLICATION", value_name = "ADDR")]
+    pub replication: Option<Listen>,
+    /// Run as a replica of the primary's replication address.
+    #[arg(long, env = "TRACKSTORE_REPLICA_OF", value_name = "ADDR")]
+    pub replica_of: Option<String>,
+    /// CA that signs every node's certificate.
+    #[arg(long, env = "TRACKSTORE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate chain (PEM). Default: self-signed, made in DATA/tls on first start.
+    #[arg(long, env = "TRACKSTORE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "TRACKSTORE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// When a write is acknowledged. `nosync-unsafe` loses acknowledged events on power loss.
+    #[arg(long, env = "TRACKSTORE_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+    /// Log format on stderr.
+    #[arg(long, env = "TRACKSTORE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "TRACKSTORE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_MAX_EVENTS_PER_REQUEST")]
+    pub max_events_per_request: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_MAX_INFLIGHT_REQUESTS")]
+    pub max_inflight_requests: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_MAX_QUIC_STREAMS")]
+    pub max_quic_streams: Option<u32>,
+    #[arg(long, env = "TRACKSTORE_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    #[arg(long, env = "TRACKSTORE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "TRACKSTORE_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    #[arg(long, env = "TRACKSTORE_STREAM_BUFFER_EVENTS")]
+    pub stream_buffer_events: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_STREAM_MAX_LAG_EVENTS")]
+    pub stream_max_lag_events: Option<u64>,
+    #[arg(long, env = "TRACKSTORE_MAX_SUBSCRIBERS")]
+    pub max_subscribers: Option<usize>,
+}
+
+/// The TOML file: the same keys as the flags, in snake_case; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub data: Option<PathBuf>,
+    pub http: Option<Listen>,
+    pub https: Option<Listen>,
+    pub replication: Option<Listen>,
+    pub replica_of: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub durability: Option<Durability>,
+    pub log_format: Option<LogFormat>,
+    pub max_body_bytes: Option<usize>,
+    pub max_events_per_request: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_inflight_requests: Option<usize>,
+    pub max_quic_streams: Option<u32>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub stream_buffer_events: Option<usize>,
+    pub stream_max_lag_events: Option<u64>,
+    pub max_subscribers: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Merges flags (already holding environment values) over the file over the defaults.
+    pub fn resolve(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<File>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => File::default(),
+        };
+        Config::merge(flags, file)
+    }
+
+    pub fn merge(f: Flags, file: File) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let dl = d.limits;
+        let ms = Duration::from_millis;
+        let config = Config {
+            data: f.data.or(file.data).unwrap_or(d.data),
+            http: f.http.or(file.http).unwrap_or(d.http),
+            https: f.https.or(file.https).unwrap_or(d.https),
+            replication: f.replication.or(file.replication).unwrap_or(d.replication),
+            replica_of: f.replica_of.or(file.replica_of),
+            tls_ca: f.tls_ca.or(file.tls_ca),
+            tls_cert: f.tls_cert.or(file.tls_cert),
+            tls_key: f.tls_key.or(file.tls_key),
+            durability: f.durability.or(file.durability).unwrap_or(d.durability),
+            log_format: f.log_format.or(file.log_format).unwrap_or(d.log_format),
+            limits: Limits {
+                max_body_bytes: f
+                    .max_body_bytes
+                    .or(file.max_body_bytes)
+                    .unwrap_or(dl.max_body_bytes),
+                max_events_per_request: f
+                    .max_events_per_request
+                    .or(file.max_events_per_request)
+                    .unwrap_or(dl.max_events_per_request),
+                max_connections: f
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(dl.max_connections),
+                max_inflight_requests: f
+                    .max_inflight_requests
+                    .or(file.max_inflight_requests)
+                    .unwrap_or(dl.max_inflight_requests),
+                max_quic_streams: f
+                    .max_quic_streams
+                    .or(file.max_quic_streams)
+                    .unwrap_or(dl.max_quic_streams),
+                header_read_timeout: f
+                    .header_read_timeout_ms
+                    .or(file.header_read_timeout_ms)
+                    .map(ms)
+                    .unwrap_or(dl.header_read_timeout),
+                request_timeout: f
+                    .request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .map(ms)
+                    .unwrap_or(dl.request_timeout),
+                shutdown_grace: f
+                    .shutdown_grace_ms
+                    .or(file.shutdown_grace_ms)
+                    .map(ms)
+                    .unwrap_or(dl.shutdown_grace),
+                stream_buffer_events: f
+                    .stream_buffer_events
+                    .or(file.stream_buffer_events)
+                    .unwrap_or(dl.stream_buffer_events),
+                stream_max_lag_events: f
+                    .stream_max_lag_events
+                    .or(file.stream_max_lag_events)
+                    .unwrap_or(dl.stream_max_lag_events),
+                max_subscribers: f
+                    .max_subscribers
+                    .or(file.max_subscribers)
+                    .unwrap_or(dl.max_subscribers),
+            },
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if l.max_events_per_request == 0 || l.max_events_per_request > EVENTS_PER_REQUEST_MAX {
+            return bad(format!(
+                "max_events_per_request must be 1..={EVENTS_PER_REQUEST_MAX}"
+            ));
+        }
+        if l.max_body_bytes < 1024 || l.max_body_bytes > 256 * 1024 * 1024 {
+            return bad("max_body_bytes must be 1 KiB..=256 MiB".into());
+        }
+        for (name, v) in [
+            ("max_connections", l.max_connections),
+            ("max_inflight_requests", l.max_inflight_requests),
+            ("stream_buffer_events", l.stream_buffer_events),
+            ("max_subscribers", l.max_subscribers),
+            ("max_quic_streams", l.max_quic_streams as usize),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if l.stream_max_lag_events == 0 {
+            return bad("stream_max_lag_events must be at least 1".into());
+        }
+        if l.header_read_timeout.is_zero() || l.request_timeout.is_zero() {
+            return bad("timeouts must be positive".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together".into());
+        }
+        if self.http == Listen::Off && self.https == Listen::Off {
+            return bad("both http and https are off: nothing would serve the API".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec!["trackstore"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn no_argument_is_a_local_primary() {
+        let c = Config::merge(Flags::default(), File::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.data, PathBuf::from("./data"));
+        assert_eq!(c.http, Listen::On("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.replica_of, None);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: File =
+            toml::from_str("data = \"/srv/a\"\nhttp = \"off\"\nmax_body_bytes = 4096\n").unwrap();
+        let c = Config::merge(flags(&["--data", "/srv/b"]), file).unwrap();
+        assert_eq!(c.data, PathBuf::from("/srv/b"));
+        assert_eq!(c.http, Listen::Off);
+        assert_eq!(c.limits.max_body_bytes, 4096);
+        assert_eq!(c.https, Config::default().https);
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<File>("dta = \"x\"").is_err());
+        assert!(toml::from_str::<File>("http = \"nowhere\"").is_err());
+        let file: File = toml::from_str("max_events_per_request = 10001").unwrap();
+        assert!(Config::merge(Flags::default(), file).is_err());
+        assert!(
+            Config::merge(flags(&["--http", "off", "--https", "off"]), File::default()).is_err()
+        );
+        assert!(Flags::try_parse_from(["trackstore", "--https", "localhost"]).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! trackstore's front end: the v1 HTTP API (API.md) over HTTP/1.1, HTTP/2 and HTTP/3, live
+//! subscriptions, Prometheus metrics, health and graceful shutdown, around the storage engine.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`config`] | defaults, TOML file, `TRACKSTORE_*` environment, flags |
+//! | [`api`] | the router and its handlers |
+//! | [`problem`] | RFC 9457 errors and the mapping from engine errors |
+//! | [`hub`] | live subscriptions: the head of the log and a bounded ring of recent events |
+//! | [`metrics`] | Prometheus metrics |
+//! | [`net`] | TCP (hyper) and QUIC (quinn + h3) listeners, bounds, graceful shutdown |
+//! | [`tls`] | certificates and TLS configurations |
+//! | [`server`] | wiring: open the engine, bind, serve, shut down |
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod net;
+pub mod problem;
+pub mod server;
+pub mod tls;
