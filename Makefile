@@ -8,7 +8,8 @@ export CRASH_TRIALS ?= 20
 
 ## Build (release) and start trackstore with embedded defaults: data in ./data, loopback ports.
 run: deps
-	$(CARGO) run --release -p trackstore-server --bin trackstore
+	$(CARGO) build --release --workspace --bins
+	./target/release/trackstore
 
 ## fmt check, clippy with -D warnings, every test (unit, property, crash, end-to-end).
 test: deps
@@ -42,7 +43,8 @@ lint:
 
 ## The engine load benchmark (see bench/RESULTS.md for the recorded figures and commands).
 bench-engine: deps
-	$(CARGO) run --release -p trackstore-bench --bin engine-load -- --help
+	$(CARGO) build --release --workspace --bins
+	./target/release/engine-load --dir /tmp/ts-bench --events 10000000 all
 
 clean-data:
 	rm -rf ./data

@@ -198,10 +198,10 @@ fn finish(
             protocol,
         })
         .observe(started.elapsed().as_secs_f64());
-    if let (Some(port), false) = (app.h3_port, protocol == "h3") {
-        if let Ok(v) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
-            resp.headers_mut().insert(header::ALT_SVC, v);
-        }
+    if let (Some(port), false) = (app.h3_port, protocol == "h3")
+        && let Ok(v) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+    {
+        resp.headers_mut().insert(header::ALT_SVC, v);
     }
     resp
 }
@@ -314,16 +314,16 @@ impl Params {
 
     fn carrier(&mut self) -> Result<Option<String>, Problem> {
         let c = self.take("carrier")?;
-        if let Some(c) = &c {
-            if c.is_empty() || c.chars().count() > trackstore_engine::limits::LABEL_CHARS_MAX {
-                return Err(Problem::invalid_parameter(
-                    "carrier",
-                    format!(
-                        "must be 1 to {} characters",
-                        trackstore_engine::limits::LABEL_CHARS_MAX
-                    ),
-                ));
-            }
+        if let Some(c) = &c
+            && (c.is_empty() || c.chars().count() > trackstore_engine::limits::LABEL_CHARS_MAX)
+        {
+            return Err(Problem::invalid_parameter(
+                "carrier",
+                format!(
+                    "must be 1 to {} characters",
+                    trackstore_engine::limits::LABEL_CHARS_MAX
+                ),
+            ));
         }
         Ok(c)
     }
@@ -346,8 +346,15 @@ fn events_json(events: &[StoredEvent]) -> Vec<Value> {
 // ---- ingest ----------------------------------------------------------------------------------
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
+    // No Content-Type is refused too: guessing would accept form posts and the like as JSON.
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(BodyFormat::Json);
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported content type",
+            "the request has no Content-Type: send application/json (an event or an array of \
+             events) or application/x-ndjson",
+        ));
     };
     let ct = ct.to_str().unwrap_or("");
     let essence = ct
@@ -812,7 +819,7 @@ mod tests {
     #[test]
     fn content_types() {
         let mut h = HeaderMap::new();
-        assert_eq!(body_format(&h).unwrap(), BodyFormat::Json);
+        assert_eq!(body_format(&h).unwrap_err().slug, "unsupported-media-type");
         h.insert(
             header::CONTENT_TYPE,
             "application/json; charset=utf-8".parse().unwrap(),

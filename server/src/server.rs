@@ -74,16 +74,28 @@ async fn bind_https(
     Err(last_err.expect("at least one try"))
 }
 
-async fn wait_for_signal() -> Result<&'static str, ServerError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ServerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| ServerError::Runtime(format!("installing the SIGINT handler: {e}")))?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, installed before the ready line so that a signal right after it is graceful.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, ServerError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| ServerError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| ServerError::Runtime(format!("installing the SIGINT handler: {e}")))?;
+        Ok(Signals { term, int })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
@@ -94,6 +106,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         )));
     }
     tls::install_crypto_provider();
+    let mut signals = Signals::install()?;
     let options = EngineOptions {
         durability: match config.durability {
             Durability::Sync => EngineDurability::Sync,
@@ -218,7 +231,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         let _ = out.flush();
     }
 
-    let signal = wait_for_signal().await?;
+    let signal = signals.wait().await;
     tracing::info!(signal, "shutting down: finishing in-flight requests");
     app.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);

@@ -557,6 +557,43 @@ impl Client {
         }
     }
 
+    /// An HTTP/1.1 request sent the way curl sends large bodies: the head with `Expect:
+    /// 100-continue` first, the body only after `100 Continue`. A server that answers early (413 on
+    /// the declared length) is then read without racing its close against the body upload. Uses a
+    /// fresh connection; only for [`Proto::H1`] and [`Proto::H1Tls`].
+    pub async fn request_expect_continue(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {content_type}\r\n\
+             content-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+            self.base().rsplit('/').next().unwrap_or(""),
+            body.len()
+        );
+        let exchange = async {
+            match self.proto {
+                Proto::H1 => {
+                    let tcp = TcpStream::connect(self.addrs.http)
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    expect_continue_exchange(tcp, head.as_bytes(), body).await
+                }
+                Proto::H1Tls => {
+                    let tls = self.tls(b"http/1.1").await;
+                    expect_continue_exchange(tls, head.as_bytes(), body).await
+                }
+                other => panic!("Expect: 100-continue is an HTTP/1.1 mechanism, not {other:?}'s"),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("no response within {REQUEST_TIMEOUT:?}"))?
+    }
+
     async fn ensure_open(&mut self) {
         let usable = match &mut self.conn {
             Some(Conn::H1(s)) => !s.is_closed() && s.ready().await.is_ok(),
@@ -637,6 +674,144 @@ where
     sender
 }
 
+/// Writes `head`, waits for the server's first response; after `100 Continue` writes `body` and
+/// reads the final response.
+async fn expect_continue_exchange<S>(
+    mut io: S,
+    head: &[u8],
+    body: &[u8],
+) -> Result<Response, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    io.write_all(head)
+        .await
+        .map_err(|e| format!("write the head: {e}"))?;
+    io.flush()
+        .await
+        .map_err(|e| format!("flush the head: {e}"))?;
+    let mut buf = Vec::new();
+    let mut resp = read_h1_response(&mut io, &mut buf).await?;
+    if resp.status == StatusCode::CONTINUE {
+        io.write_all(body)
+            .await
+            .map_err(|e| format!("write the body: {e}"))?;
+        io.flush()
+            .await
+            .map_err(|e| format!("flush the body: {e}"))?;
+        resp = read_h1_response(&mut io, &mut buf).await?;
+    }
+    Ok(resp)
+}
+
+/// Reads one HTTP/1.1 response (interim responses have no body) from `io`, with `buf` holding bytes
+/// already read past the previous response.
+async fn read_h1_response<S>(io: &mut S, buf: &mut Vec<u8>) -> Result<Response, String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    async fn fill<S: tokio::io::AsyncRead + Unpin>(
+        io: &mut S,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, String> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if fill(io, buf).await? == 0 {
+            return Err(format!(
+                "connection closed before a response head: {:?}",
+                String::from_utf8_lossy(buf)
+            ));
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let code: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let status = StatusCode::from_u16(code).map_err(|e| format!("bad status {code}: {e}"))?;
+    let mut headers = HeaderMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| format!("{e}"))?,
+            HeaderValue::from_str(value.trim()).map_err(|e| format!("{e}"))?,
+        );
+    }
+    let mut body = Vec::new();
+    if !status.is_informational() {
+        let chunked = headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    if fill(io, buf).await? == 0 {
+                        return Err("connection closed inside a chunked body".into());
+                    }
+                };
+                let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|e| format!("bad chunk size {size_text:?}: {e}"))?;
+                while buf.len() < line_end + 2 + size + 2 {
+                    if fill(io, buf).await? == 0 {
+                        return Err("connection closed inside a chunk".into());
+                    }
+                }
+                body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(n) = length {
+            while buf.len() < n {
+                if fill(io, buf).await? == 0 {
+                    return Err(format!(
+                        "connection closed after {} of {n} body bytes",
+                        buf.len()
+                    ));
+                }
+            }
+            body = buf.drain(..n).collect();
+        } else {
+            while fill(io, buf).await? > 0 {}
+            body = std::mem::take(buf);
+        }
+    }
+    Ok(Response {
+        status,
+        version: Version::HTTP_11,
+        headers,
+        body,
+    })
+}
+
 async fn collect_hyper(resp: http::Response<hyper::body::Incoming>) -> Result<Response, String> {
     let (parts, body) = resp.into_parts();
     let body = body
@@ -675,9 +850,10 @@ async fn h3_request(
     {
         send_error = Some(e);
     }
-    let head = stream.recv_response().await.map_err(|e| {
-        format!("receive the response ({e:?}; sending failed with {send_error:?})")
-    })?;
+    let head = stream
+        .recv_response()
+        .await
+        .map_err(|e| format!("receive the response ({e:?}; sending failed with {send_error:?})"))?;
     let mut bytes = Vec::new();
     while let Some(mut chunk) = stream
         .recv_data()

@@ -1,7 +1,7 @@
 //! trackctl: trackstore's command-line tools. Today the offline commands on a data directory; the HTTP
 //! client commands (ingest, order, events, range, tail...) come with the server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -27,7 +27,7 @@ enum Cmd {
     Checkpoint { data_dir: PathBuf, dest: PathBuf },
 }
 
-fn open(data_dir: &PathBuf) -> Result<Engine> {
+fn open(data_dir: &Path) -> Result<Engine> {
     anyhow::ensure!(
         trackstore_engine::db_path(data_dir).exists(),
         "{} holds no store (no db/ directory)",
