@@ -1,6 +1,7 @@
 //! The engine handle: open, append, replicate, subscribe to commits. Queries are in `query`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +62,12 @@ pub(crate) struct CommitNotifier {
 }
 
 impl CommitNotifier {
+    /// The log was truncated back to `last` (rejoin): waiters and listeners see it from here on.
+    pub(crate) fn rewind(&self, last: Lsn) {
+        *self.last.lock().expect("commit lock") = last;
+        self.cond.notify_all();
+    }
+
     pub(crate) fn publish(&self, info: &CommitInfo<'_>) {
         *self.last.lock().expect("commit lock") = info.last_lsn;
         self.cond.notify_all();
@@ -77,6 +84,10 @@ pub(crate) struct Shared {
     pub(crate) commits: CommitNotifier,
     pub(crate) sealer: CursorSealer,
     pub(crate) epochs: RwLock<Vec<(u64, Lsn)>>,
+    /// Why client appends are refused (replica, fenced); None: this node accepts writes.
+    pub(crate) read_only: RwLock<Option<String>>,
+    /// The highest epoch heard of (durable in `meta`). Above the node's own epoch it is fenced.
+    pub(crate) known_epoch: AtomicU64,
 }
 
 /// An open store. Reads may be called from any number of threads; writes are queued to one writer
@@ -152,6 +163,22 @@ impl Engine {
         }
         let last_received = last.map(|e| e.received_at).unwrap_or(Timestamp::MIN);
         let epochs = read_epochs(&db)?;
+        let own_epoch = epochs.last().map_or(0, |(e, _)| *e);
+        let known_epoch = match db.get_pinned_cf(meta, keys::META_KNOWN_EPOCH)? {
+            Some(v) => u64::from_be_bytes(
+                (*v).try_into()
+                    .map_err(|_| Error::Corrupt("the known epoch is not 8 bytes".into()))?,
+            ),
+            None => own_epoch,
+        };
+        // A node that has heard of a newer epoch than its own was superseded: it stays fenced across
+        // restarts until it rejoins as a replica.
+        let read_only = (known_epoch > own_epoch).then(|| {
+            format!(
+                "fenced: epoch {known_epoch} exists, newer than this node's epoch {own_epoch}; \
+                 another node was promoted"
+            )
+        });
         let shared = Arc::new(Shared {
             db,
             commits: CommitNotifier {
@@ -163,6 +190,8 @@ impl Engine {
             poisoned: OnceLock::new(),
             sealer: CursorSealer::new(cursor_key),
             epochs: RwLock::new(epochs),
+            read_only: RwLock::new(read_only),
+            known_epoch: AtomicU64::new(known_epoch),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();
@@ -238,8 +267,10 @@ impl Engine {
     }
 
     /// Applies entries numbered by a primary (replica side), through the same planner and writer as
-    /// local appends. They must continue this log exactly; the batch is atomic. Returns the last LSN.
-    pub fn apply_replicated(&self, entries: Vec<StoredEvent>) -> Result<Lsn> {
+    /// local appends. They must continue this log exactly and come from one `epoch` of the primary
+    /// (recorded in the epoch history at the batch's first LSN when it is new here); the batch is
+    /// atomic. Only a read-only node (a replica) applies entries. Returns the last LSN.
+    pub fn apply_replicated(&self, entries: Vec<StoredEvent>, epoch: u64) -> Result<Lsn> {
         if entries.is_empty() {
             return Ok(self.last_lsn());
         }
@@ -249,7 +280,106 @@ impl Engine {
                 .validate(e.received_at)
                 .map_err(|error| Error::Invalid { index, error })?;
         }
-        self.call(|reply| Command::Replicate { entries, reply })
+        self.call(|reply| Command::Replicate {
+            entries,
+            epoch,
+            reply,
+        })
+    }
+
+    /// Queues `apply_replicated` without waiting: `reply` runs on the writer thread once the batch is
+    /// durable (or refused), so it must be quick. Batches queued in order are applied in order and
+    /// may share one group commit (one fsync), which is what lets a replica keep up with a primary
+    /// that commits many groups. A batch that does not continue the log is refused, and so is every
+    /// batch queued after it (they no longer continue it either).
+    pub fn submit_replicated(
+        &self,
+        entries: Vec<StoredEvent>,
+        epoch: u64,
+        reply: impl FnOnce(Result<Lsn>) + Send + 'static,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Err(Error::BadRequest("an empty replicated batch".into()));
+        }
+        for (index, e) in entries.iter().enumerate() {
+            e.event
+                .validate(e.received_at)
+                .map_err(|error| Error::Invalid { index, error })?;
+        }
+        self.try_send(Command::Replicate {
+            entries,
+            epoch,
+            reply: Box::new(reply),
+        })
+    }
+
+    /// Refuses client appends from now on (a replica, or a primary stopping for a switchover), with
+    /// the reason they get. Returns the last LSN once every write queued before is committed: no
+    /// client write commits after it.
+    pub fn set_read_only(&self, reason: impl Into<String>) -> Result<Lsn> {
+        let reason = Some(reason.into());
+        self.call(|reply| Command::SetReadOnly { reason, reply })
+    }
+
+    /// Accepts client appends again, unless a newer epoch is known (then the node stays fenced and
+    /// this fails).
+    pub fn set_writable(&self) -> Result<Lsn> {
+        if self.is_fenced() {
+            return Err(Error::ReadOnly(self.read_only_reason().unwrap_or_default()));
+        }
+        self.call(|reply| Command::SetReadOnly {
+            reason: None,
+            reply,
+        })
+    }
+
+    /// Why client appends are refused now; None when they are accepted.
+    pub fn read_only_reason(&self) -> Option<String> {
+        self.shared.read_only.read().expect("mode lock").clone()
+    }
+
+    /// Durably notes that `epoch` exists (heard from a peer). A writable node whose own epoch is older
+    /// stops accepting writes at once and stays fenced across restarts. Returns whether this node is
+    /// fenced (it knows an epoch newer than its own).
+    pub fn note_epoch(&self, epoch: u64) -> Result<bool> {
+        if epoch <= self.known_epoch() {
+            return Ok(self.is_fenced());
+        }
+        self.call(|reply| Command::NoteEpoch { epoch, reply })
+    }
+
+    /// The highest epoch this node has heard of (its own included).
+    pub fn known_epoch(&self) -> u64 {
+        self.shared.known_epoch.load(Ordering::SeqCst)
+    }
+
+    /// This node's own epoch: the newest in its history (0 before any was recorded).
+    pub fn epoch(&self) -> u64 {
+        self.epoch_history().last().map_or(0, |(e, _)| *e)
+    }
+
+    /// True when a newer epoch than this node's own exists somewhere: it must not accept writes.
+    pub fn is_fenced(&self) -> bool {
+        self.known_epoch() > self.epoch()
+    }
+
+    /// Makes this node a writable primary in a new epoch, newer than every epoch it has heard of,
+    /// recorded durably with its first LSN. Returns (epoch, first LSN).
+    pub fn promote(&self) -> Result<(u64, Lsn)> {
+        self.call(|reply| Command::Promote { reply })
+    }
+
+    /// Removes every entry after `after` (an old primary rejoining: its divergent tail), with its
+    /// index entries, event ids and epochs that start after it; order states and stats are
+    /// recomputed from what remains. Callers save the tail first (`read_log`). Only on a read-only
+    /// node. Returns how many entries were removed.
+    pub fn truncate_after(&self, after: Lsn) -> Result<u64> {
+        if self.read_only_reason().is_none() {
+            return Err(Error::InvalidArgument(
+                "truncation needs a read-only node (a replica)".into(),
+            ));
+        }
+        self.call(|reply| Command::Truncate { after, reply })
     }
 
     /// Durably records that `epoch` starts at the next LSN; returns that LSN. Epochs only grow.

@@ -46,6 +46,10 @@ pub enum Error {
     /// A query argument is out of range (limit, time range...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// This node does not accept client writes now: it is a replica, or it was fenced by a newer
+    /// epoch. Nothing was written.
+    #[error("writes are refused: {0}")]
+    ReadOnly(String),
     /// The engine was closed while the request waited.
     #[error("the engine is closed")]
     Closed,

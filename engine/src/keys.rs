@@ -167,6 +167,8 @@ pub fn decode_status_index(key: &[u8]) -> Result<(Status, &str), KeyError> {
 pub const META_STATS: &[u8] = b"stats";
 pub const META_CURSOR_KEY: &[u8] = b"cursor_key";
 pub const META_FORMAT: &[u8] = b"format";
+/// The highest epoch this node has heard of (u64be): above its own epoch, the node is fenced.
+pub const META_KNOWN_EPOCH: &[u8] = b"known_epoch";
 const META_EPOCH_PREFIX: &[u8] = b"epoch/";
 
 /// `epoch/` ‖ epoch:u64be → the first LSN of that epoch.

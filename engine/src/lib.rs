@@ -42,6 +42,7 @@ mod query;
 pub mod state;
 pub mod store;
 pub mod time;
+mod truncate;
 mod verify;
 mod writer;
 

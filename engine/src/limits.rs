@@ -43,3 +43,7 @@ const _: () = assert!(
     ID_BYTES_MAX < 256,
     "ids are length-prefixed with one byte in some values"
 );
+
+/// Entries one truncation (an old primary's divergent tail at rejoin) may remove; a longer tail is
+/// better rebuilt from a snapshot than held in one batch.
+pub const TRUNCATE_ENTRIES_MAX: usize = 1_000_000;

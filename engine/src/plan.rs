@@ -95,6 +95,11 @@ impl GroupPlan {
         self.bytes
     }
 
+    /// The LSN the next new event of this group takes.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
     pub fn event_count(&self) -> usize {
         self.new_events.len()
     }

@@ -3,6 +3,7 @@
 //! only then answers each request. A failed write poisons the engine: no later write is acknowledged.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -27,11 +28,34 @@ pub(crate) enum Command {
     },
     Replicate {
         entries: Vec<StoredEvent>,
+        /// The primary's epoch that wrote the entries.
+        epoch: u64,
         reply: Reply<Lsn>,
     },
     RecordEpoch {
         epoch: u64,
         reply: Reply<Lsn>,
+    },
+    /// Refuse (Some(reason)) or accept (None) client appends from the next command on; answers with
+    /// the last LSN once every command queued before it is committed.
+    SetReadOnly {
+        reason: Option<String>,
+        reply: Reply<Lsn>,
+    },
+    /// Raise the highest epoch this node has heard of; fences a writable node that learns of a newer
+    /// epoch than its own. Answers whether the node is (now) fenced.
+    NoteEpoch {
+        epoch: u64,
+        reply: Reply<bool>,
+    },
+    /// Become writable in a new epoch above every epoch heard of; answers (epoch, first LSN).
+    Promote {
+        reply: Reply<(u64, Lsn)>,
+    },
+    /// Remove every entry after the LSN (rejoin). Runs alone, never inside a group.
+    Truncate {
+        after: Lsn,
+        reply: Reply<u64>,
     },
 }
 
@@ -41,6 +65,10 @@ impl Command {
             Command::Append { reply, .. } => reply(Err(e)),
             Command::Replicate { reply, .. } => reply(Err(e)),
             Command::RecordEpoch { reply, .. } => reply(Err(e)),
+            Command::SetReadOnly { reply, .. } => reply(Err(e)),
+            Command::NoteEpoch { reply, .. } => reply(Err(e)),
+            Command::Promote { reply } => reply(Err(e)),
+            Command::Truncate { reply, .. } => reply(Err(e)),
         }
     }
 }
@@ -50,6 +78,34 @@ enum Planned {
     Append(Reply<Vec<Outcome>>, Vec<Outcome>),
     Replicate(Reply<Lsn>, Lsn),
     Epoch(Reply<Lsn>, u64, Lsn),
+    /// A mode change or epoch note: answered after the group's commit, with no data of its own.
+    Barrier(Box<dyn FnOnce(Result<Lsn>) + Send>),
+    Promote(Reply<(u64, Lsn)>, u64, Lsn),
+}
+
+impl Planned {
+    fn answer(self, result: std::result::Result<Lsn, &Error>) {
+        let err = |e: &Error| match e {
+            Error::Poisoned(r) => Error::Poisoned(r.clone()),
+            other => Error::Poisoned(other.to_string()),
+        };
+        match (self, result) {
+            (Planned::Append(reply, outcomes), Ok(_)) => reply(Ok(outcomes)),
+            (Planned::Replicate(reply, lsn), Ok(_)) => reply(Ok(lsn)),
+            (Planned::Epoch(reply, _, start), Ok(_)) => reply(Ok(start)),
+            (Planned::Barrier(reply), Ok(last)) => reply(Ok(last)),
+            (Planned::Promote(reply, epoch, start), Ok(_)) => reply(Ok((epoch, start))),
+            (Planned::Append(reply, _), Err(e)) => reply(Err(err(e))),
+            (Planned::Replicate(reply, _), Err(e)) => reply(Err(err(e))),
+            (Planned::Epoch(reply, ..), Err(e)) => reply(Err(err(e))),
+            (Planned::Barrier(reply), Err(e)) => reply(Err(err(e))),
+            (Planned::Promote(reply, ..), Err(e)) => reply(Err(err(e))),
+        }
+    }
+
+    fn writes_meta(&self) -> bool {
+        matches!(self, Planned::Epoch(..) | Planned::Promote(..))
+    }
 }
 
 /// Reads the committed state for the planner.
@@ -89,9 +145,26 @@ pub(crate) fn run(
 ) {
     let mut write_opts = WriteOptions::default();
     write_opts.set_sync(durability == Durability::Sync);
-    while let Ok(first) = rx.recv() {
+    // A truncation found while filling a group waits here for the next round: it runs alone.
+    let mut pending: Option<Command> = None;
+    loop {
+        let first = match pending.take() {
+            Some(cmd) => cmd,
+            None => match rx.recv() {
+                Ok(cmd) => cmd,
+                Err(_) => break,
+            },
+        };
         if let Some(reason) = shared.poisoned.get() {
             first.fail(Error::Poisoned(reason.clone()));
+            continue;
+        }
+        if let Command::Truncate { after, reply } = first {
+            let result = crate::truncate::run(&shared, after, &write_opts);
+            if let Err(Error::Poisoned(reason)) = &result {
+                let _ = shared.poisoned.set(reason.clone());
+            }
+            reply(result);
             continue;
         }
         let received_at = Timestamp::now().max(last_received);
@@ -99,14 +172,26 @@ pub(crate) fn run(
         let lookup = DbLookup(&shared.db);
         let mut planned = Vec::new();
         let mut requests = 0usize;
+        let mut meta_ops = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             requests += 1;
-            plan_command(&mut plan, &lookup, cmd, received_at, &mut planned);
+            plan_command(
+                &shared,
+                &mut plan,
+                &lookup,
+                cmd,
+                received_at,
+                &mut planned,
+                &mut meta_ops,
+            );
             let room = plan.event_count() + EVENTS_PER_REQUEST_MAX <= GROUP_EVENTS_MAX
                 && plan.bytes() < GROUP_BYTES_MAX;
             if room {
                 next = rx.try_recv().ok();
+                if matches!(next, Some(Command::Truncate { .. })) {
+                    pending = next.take();
+                }
             }
         }
         if planned.is_empty() {
@@ -114,10 +199,12 @@ pub(crate) fn run(
         }
         let events = plan.event_count();
         let bytes = plan.bytes();
-        let (ops, stats, new_events) = plan.finish();
+        let (mut ops, stats, new_events) = plan.finish();
+        ops.append(&mut meta_ops);
         let started = Instant::now();
-        let written = if events == 0 && !planned.iter().any(|p| matches!(p, Planned::Epoch(..))) {
-            // Only duplicates of committed events: nothing new to make durable.
+        let written = if events == 0 && !planned.iter().any(Planned::writes_meta) && ops.len() <= 1
+        {
+            // Only duplicates of committed events (or mode changes): nothing new to make durable.
             Ok(())
         } else {
             write_group(&shared.db, ops, &write_opts)
@@ -129,7 +216,7 @@ pub(crate) fn run(
                 let last_lsn = stats.last_lsn;
                 *shared.stats.write().expect("stats lock") = stats;
                 for p in &planned {
-                    if let Planned::Epoch(_, epoch, start) = p {
+                    if let Planned::Epoch(_, epoch, start) | Planned::Promote(_, epoch, start) = p {
                         shared
                             .epochs
                             .write()
@@ -146,22 +233,14 @@ pub(crate) fn run(
                     new_events: &new_events,
                 });
                 for p in planned {
-                    match p {
-                        Planned::Append(reply, outcomes) => reply(Ok(outcomes)),
-                        Planned::Replicate(reply, lsn) => reply(Ok(lsn)),
-                        Planned::Epoch(reply, _, start) => reply(Ok(start)),
-                    }
+                    p.answer(Ok(last_lsn));
                 }
             }
             Err(reason) => {
                 let _ = shared.poisoned.set(reason.clone());
+                let e = Error::Poisoned(reason);
                 for p in planned {
-                    let e = Error::Poisoned(reason.clone());
-                    match p {
-                        Planned::Append(reply, _) => reply(Err(e)),
-                        Planned::Replicate(reply, _) => reply(Err(e)),
-                        Planned::Epoch(reply, ..) => reply(Err(e)),
-                    }
+                    p.answer(Err(&e));
                 }
             }
         }
@@ -169,46 +248,136 @@ pub(crate) fn run(
 }
 
 fn plan_command(
+    shared: &Shared,
     plan: &mut GroupPlan,
     lookup: &DbLookup<'_>,
     cmd: Command,
     received_at: Timestamp,
     planned: &mut Vec<Planned>,
+    meta_ops: &mut Vec<Op>,
 ) {
+    // The newest epoch of the history including epochs planned earlier in this group.
+    let newest_epoch = |planned: &[Planned]| {
+        planned
+            .iter()
+            .filter_map(|p| match p {
+                Planned::Epoch(_, e, _) | Planned::Promote(_, e, _) => Some(*e),
+                _ => None,
+            })
+            .chain(lookup_newest_epoch(lookup))
+            .max()
+            .unwrap_or(0)
+    };
     match cmd {
-        Command::Append { events, reply } => match plan.plan_append(lookup, events, received_at) {
-            Ok(outcomes) => planned.push(Planned::Append(reply, outcomes)),
-            Err(e) => reply(Err(e)),
-        },
-        Command::Replicate { entries, reply } => {
-            let last = entries.last().map(|e| e.lsn);
-            match plan.plan_replicated(lookup, entries) {
-                Ok(()) => planned.push(Planned::Replicate(reply, last.unwrap_or_default())),
+        Command::Append { events, reply } => {
+            if let Some(reason) = shared.read_only.read().expect("mode lock").clone() {
+                return reply(Err(Error::ReadOnly(reason)));
+            }
+            match plan.plan_append(lookup, events, received_at) {
+                Ok(outcomes) => planned.push(Planned::Append(reply, outcomes)),
                 Err(e) => reply(Err(e)),
             }
         }
+        Command::Replicate {
+            entries,
+            epoch,
+            reply,
+        } => {
+            if shared.read_only.read().expect("mode lock").is_none() {
+                return reply(Err(Error::InvalidArgument(
+                    "this node accepts writes (primary); it does not apply replicated entries"
+                        .into(),
+                )));
+            }
+            let newest = newest_epoch(planned);
+            if epoch < newest {
+                return reply(Err(Error::Diverged(format!(
+                    "entries of epoch {epoch} arrive after epoch {newest} was recorded"
+                ))));
+            }
+            let last = entries.last().map(|e| e.lsn);
+            let first = entries.first().map(|e| e.lsn);
+            let start = plan.next_lsn();
+            let opens_epoch = epoch > newest && first.is_some();
+            if opens_epoch && first != Some(start) {
+                return reply(Err(Error::Diverged(format!(
+                    "expected LSN {start}, got {}",
+                    first.unwrap_or_default()
+                ))));
+            }
+            if let Err(e) = plan.plan_replicated(lookup, entries) {
+                return reply(Err(e));
+            }
+            if opens_epoch {
+                // The primary's new epoch starts at this batch's first entry (batches never span
+                // epochs): recorded in the same atomic commit as the entries, and only once they are
+                // accepted, so that a refused batch leaves no epoch behind.
+                meta_ops.push(Op::Put(
+                    Cf::Meta,
+                    keys::meta_epoch(epoch),
+                    codec::encode_epoch_start(start),
+                ));
+                raise_known_epoch(shared, epoch, meta_ops);
+                planned.push(Planned::Epoch(Box::new(|_| {}), epoch, start));
+            }
+            planned.push(Planned::Replicate(reply, last.unwrap_or_default()));
+        }
         Command::RecordEpoch { epoch, reply } => {
-            let newest = planned
-                .iter()
-                .filter_map(|p| {
-                    if let Planned::Epoch(_, e, _) = p {
-                        Some(*e)
-                    } else {
-                        None
-                    }
-                })
-                .chain(lookup_newest_epoch(lookup))
-                .max();
-            if newest.is_some_and(|n| n >= epoch) {
+            let newest = newest_epoch(planned);
+            if newest >= epoch && newest > 0 {
                 reply(Err(Error::InvalidArgument(format!(
-                    "epoch {epoch} is not newer than the newest recorded epoch {}",
-                    newest.unwrap_or_default()
+                    "epoch {epoch} is not newer than the newest recorded epoch {newest}"
                 ))));
             } else {
                 let start = plan.plan_epoch(epoch);
+                raise_known_epoch(shared, epoch, meta_ops);
                 planned.push(Planned::Epoch(reply, epoch, start));
             }
         }
+        Command::SetReadOnly { reason, reply } => {
+            *shared.read_only.write().expect("mode lock") = reason;
+            planned.push(Planned::Barrier(reply));
+        }
+        Command::NoteEpoch { epoch, reply } => {
+            raise_known_epoch(shared, epoch, meta_ops);
+            let own = newest_epoch(planned);
+            let mut mode = shared.read_only.write().expect("mode lock");
+            if epoch > own && mode.is_none() {
+                *mode = Some(format!(
+                    "fenced: epoch {epoch} exists, newer than this node's epoch {own}; \
+                     another node was promoted"
+                ));
+            }
+            let fenced = shared.known_epoch.load(Ordering::SeqCst) > own;
+            planned.push(Planned::Barrier(Box::new(move |r| {
+                reply(r.map(|_| fenced));
+            })));
+        }
+        Command::Promote { reply } => {
+            let epoch = newest_epoch(planned).max(shared.known_epoch.load(Ordering::SeqCst)) + 1;
+            let start = plan.plan_epoch(epoch);
+            raise_known_epoch(shared, epoch, meta_ops);
+            *shared.read_only.write().expect("mode lock") = None;
+            planned.push(Planned::Promote(reply, epoch, start));
+        }
+        Command::Truncate { reply, .. } => {
+            // The loop never puts a truncation into a group.
+            reply(Err(Error::InvalidArgument(
+                "a truncation cannot run inside a group".into(),
+            )));
+        }
+    }
+}
+
+/// Raises the highest epoch heard of (in memory now, durably with the group).
+fn raise_known_epoch(shared: &Shared, epoch: u64, meta_ops: &mut Vec<Op>) {
+    if shared.known_epoch.fetch_max(epoch, Ordering::SeqCst) < epoch {
+        meta_ops.retain(|op| !matches!(op, Op::Put(Cf::Meta, k, _) if k == keys::META_KNOWN_EPOCH));
+        meta_ops.push(Op::Put(
+            Cf::Meta,
+            keys::META_KNOWN_EPOCH.to_vec(),
+            epoch.to_be_bytes().to_vec(),
+        ));
     }
 }
 

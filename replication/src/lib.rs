@@ -4,6 +4,11 @@
 //! | module | job |
 //! |---|---|
 //! | [`epochs`] | epoch histories and the point where two logs diverge |
+//! | [`frame`] | the protocol's frames and their binary encoding |
+//! | [`session`] | the decisions of both sides of a session (pure; driven by the QUIC shells) |
+//! | [`transport`] | QUIC with mutual TLS, frames over a stream |
+//! | [`primary`] | the primary's listener and sessions |
+//! | [`replica`] | the follower, quarantine of a divergent tail, promotion and switchover |
 //!
 //! ```
 //! use trackstore_engine::Lsn;
@@ -16,3 +21,8 @@
 //! ```
 
 pub mod epochs;
+pub mod frame;
+pub mod primary;
+pub mod replica;
+pub mod session;
+pub mod transport;

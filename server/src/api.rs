@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -38,6 +38,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 #[derive(Debug)]
 pub struct App {
     pub engine: Arc<Engine>,
+    pub replication: Arc<crate::replication::Replication>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -52,7 +53,7 @@ type AppState = Arc<App>;
 
 /// Every route of `router`, as (method, path template): the OpenAPI document must list exactly these
 /// (checked by `tests/openapi_routes.rs`, which also sends each one through the router).
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 13] = [
     ("POST", "/v1/events"),
     ("GET", "/v1/events"),
     ("GET", "/v1/orders"),
@@ -61,13 +62,23 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("GET", "/v1/stats"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/admin/replication"),
+    ("POST", "/v1/admin/promote"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
 ];
 
+/// The router with authentication off and no audit log (tests that build a router without a data
+/// directory); the server uses [`router_with_auth`].
 pub fn router(app: AppState) -> Router {
+    let auth = Arc::new(crate::auth::Auth::off(app.metrics.clone()));
+    router_with_auth(app, auth)
+}
+
+/// The router behind the access-token check. The check runs inside `guard`, so refusals are bounded,
+/// timed and counted like every other answer.
+pub fn router_with_auth(app: AppState, auth: Arc<crate::auth::Auth>) -> Router {
     Router::new()
         .route("/v1/events", get(time_range).post(ingest))
         .route("/v1/orders", get(orders_in_status))
@@ -76,12 +87,14 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/stream", get(stream))
         .route("/v1/admin/replication", get(replication))
+        .route("/v1/admin/promote", post(promote))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(auth, crate::auth::authorize))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -95,6 +108,7 @@ pub fn route_of(path: &str) -> &'static str {
         "/v1/stats" => "/v1/stats",
         "/v1/stream" => "/v1/stream",
         "/v1/admin/replication" => "/v1/admin/replication",
+        "/v1/admin/promote" => "/v1/admin/promote",
         "/v1/openapi.json" => "/v1/openapi.json",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
@@ -202,6 +216,14 @@ fn finish(
         && let Ok(v) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
     {
         resp.headers_mut().insert(header::ALT_SVC, v);
+    }
+    // A replica says how stale its answers may be.
+    if let Some((lsn, secs)) = app.replication.lag() {
+        let h = resp.headers_mut();
+        h.insert("trackstore-replica-lag-lsn", HeaderValue::from(lsn));
+        if let Ok(v) = HeaderValue::from_str(&format!("{secs:.3}")) {
+            h.insert("trackstore-replica-lag-seconds", v);
+        }
     }
     resp
 }
@@ -413,6 +435,12 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    if let Some(primary) = app.replication.primary() {
+        return Err(Problem::read_only_replica(
+            format!("this node is a read-only replica; send writes to the primary at {primary}"),
+            Some(primary),
+        ));
+    }
     let format = body_format(&headers)?;
     let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
     let now = Timestamp::now();
@@ -757,7 +785,13 @@ async fn readyz(State(app): State<AppState>) -> Response {
             .map(|r| format!("the engine refuses writes: {r}"))
     };
     match not_ready {
-        None => axum::Json(json!({"status": "ready", "role": "primary"})).into_response(),
+        None => {
+            let role = match app.replication.role() {
+                crate::replication::Role::Primary => "primary",
+                crate::replication::Role::Replica { .. } => "replica",
+            };
+            axum::Json(json!({"status": "ready", "role": role})).into_response()
+        }
         Some(detail) => {
             let mut p = Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -773,7 +807,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
 
 async fn metrics(State(app): State<AppState>) -> Result<Response, Problem> {
     let a = app.clone();
-    let text = blocking(move || Ok(a.metrics.render(&a.engine))).await?;
+    let text = blocking(move || {
+        a.metrics.observe_replication(&a.replication, &a.engine);
+        Ok(a.metrics.render(&a.engine))
+    })
+    .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -785,14 +823,51 @@ async fn metrics(State(app): State<AppState>) -> Result<Response, Problem> {
 }
 
 async fn replication(State(app): State<AppState>) -> Response {
-    let epoch = app.engine.epoch_history().last().map_or(0, |e| e.0);
-    axum::Json(json!({
-        "role": "primary",
-        "epoch": epoch,
-        "last_lsn": app.engine.last_lsn().0,
-        "replicas": [],
-    }))
-    .into_response()
+    axum::Json(app.replication.status_json()).into_response()
+}
+
+/// `POST /v1/admin/promote`, body `{"planned": bool}` (optional; default false).
+async fn promote(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let bytes = read_body(&headers, body, 4096).await?;
+    let planned = if bytes.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PromoteBody {
+            #[serde(default)]
+            planned: bool,
+        }
+        serde_json::from_slice::<PromoteBody>(&bytes)
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-json",
+                    "Malformed JSON",
+                    format!("the promote body is {{\"planned\": true|false}}: {e}"),
+                )
+            })?
+            .planned
+    };
+    match app.replication.promote(planned).await {
+        Ok(status) => Ok(axum::Json(status).into_response()),
+        Err(e @ crate::replication::PromoteError::AlreadyPrimary) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "already-primary",
+            "This node is already the primary",
+            e.to_string(),
+        )),
+        Err(e) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "promotion-failed",
+            "Promotion failed",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn openapi() -> Response {

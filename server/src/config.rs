@@ -10,6 +10,8 @@ use clap::Parser;
 use serde::Deserialize;
 use trackstore_engine::limits::EVENTS_PER_REQUEST_MAX;
 
+use crate::auth::{AuthConfig, MetricsAuth, TokenEntry};
+
 /// A listener address, or `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listen {
@@ -67,6 +69,8 @@ pub struct Config {
     pub durability: Durability,
     pub log_format: LogFormat,
     pub limits: Limits,
+    /// Access tokens and who may do what without one (auth.rs, docs/security.md).
+    pub auth: AuthConfig,
 }
 
 /// Every bound of the front end. Documented in docs/limits.md.
@@ -119,6 +123,7 @@ impl Default for Config {
             durability: Durability::Sync,
             log_format: LogFormat::Text,
             limits: Limits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -129,7 +134,9 @@ impl Default for Config {
 #[command(
     name = "trackstore",
     version,
-    about = "trackstore: a durable tracking store for delivery events"
+    about = "trackstore: a durable tracking store for delivery events",
+    // A flag given twice: the last one wins, as scripts that append overrides expect.
+    args_override_self = true
 )]
 pub struct Flags {
     /// TOML configuration file.
@@ -187,6 +194,15 @@ pub struct Flags {
     pub stream_max_lag_events: Option<u64>,
     #[arg(long, env = "TRACKSTORE_MAX_SUBSCRIBERS")]
     pub max_subscribers: Option<usize>,
+    /// TOML file of `[[tokens]]` entries (e.g. a mounted secret), added to those of --config.
+    #[arg(long, env = "TRACKSTORE_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Whether /metrics needs a token with the `read` scope. Default open.
+    #[arg(long, env = "TRACKSTORE_METRICS_AUTH", value_enum)]
+    pub metrics_auth: Option<MetricsAuth>,
+    /// Serve without access tokens even on a non-loopback address.
+    #[arg(long, env = "TRACKSTORE_ALLOW_UNAUTHENTICATED", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unauthenticated: bool,
 }
 
 /// The TOML file: the same keys as the flags, in snake_case; unknown keys are an error.
@@ -214,6 +230,11 @@ pub struct File {
     pub stream_buffer_events: Option<usize>,
     pub stream_max_lag_events: Option<u64>,
     pub max_subscribers: Option<usize>,
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+    pub tokens_file: Option<PathBuf>,
+    pub metrics_auth: Option<MetricsAuth>,
+    pub allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +273,13 @@ impl Config {
         let d = Config::default();
         let dl = d.limits;
         let ms = Duration::from_millis;
+        let auth = AuthConfig::load(
+            file.tokens,
+            f.config.as_deref(),
+            f.tokens_file.or(file.tokens_file).as_deref(),
+            f.metrics_auth.or(file.metrics_auth).unwrap_or_default(),
+            f.allow_unauthenticated || file.allow_unauthenticated.unwrap_or(false),
+        )?;
         let config = Config {
             data: f.data.or(file.data).unwrap_or(d.data),
             http: f.http.or(file.http).unwrap_or(d.http),
@@ -312,6 +340,7 @@ impl Config {
                     .or(file.max_subscribers)
                     .unwrap_or(dl.max_subscribers),
             },
+            auth,
         };
         config.check()?;
         Ok(config)
@@ -345,11 +374,21 @@ impl Config {
         if l.header_read_timeout.is_zero() || l.request_timeout.is_zero() {
             return bad("timeouts must be positive".into());
         }
+        if self.tls_ca.is_some() && self.tls_cert.is_none() {
+            return bad(
+                "tls_ca needs tls_cert and tls_key: a node certificate signed by that CA \
+                 (`trackctl certs init` makes a test CA and node certificates)"
+                    .into(),
+            );
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together".into());
         }
         if self.http == Listen::Off && self.https == Listen::Off {
             return bad("both http and https are off: nothing would serve the API".into());
+        }
+        if let Some(m) = crate::auth::exposure_error(self.http, self.https, &self.auth) {
+            return bad(m);
         }
         Ok(())
     }

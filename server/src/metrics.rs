@@ -71,12 +71,27 @@ pub struct Metrics {
     pub subscriber_disconnects: Family<ReasonLabels, Counter>,
     pub connections: Family<ListenerLabels, Gauge>,
     pub overload_rejections: Family<ReasonLabels, Counter>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
     last_lsn: Gauge,
     events: Gauge,
     orders: Gauge,
     orders_by_status: Family<StatusLabels, Gauge>,
     writes_refused: Gauge,
     rocksdb: Family<RocksLabels, Gauge<f64, AtomicU64>>,
+    /// Replica: per entry, primary receive → applied here (the replication lag of that entry).
+    pub replication_apply_delay: Histogram,
+    replication_lag_lsn: Gauge,
+    replication_lag_seconds: Gauge<f64, AtomicU64>,
+    replication_bytes: Family<DirectionLabels, Gauge>,
+    replication_entries: Family<DirectionLabels, Gauge>,
+    replication_reconnects: Gauge,
+    replication_replicas: Gauge,
+    epoch: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
 }
 
 /// RocksDB properties exported per column family.
@@ -111,12 +126,22 @@ impl Metrics {
             subscriber_disconnects: Family::default(),
             connections: Family::default(),
             overload_rejections: Family::default(),
+            auth_failures: Family::default(),
             last_lsn: Gauge::default(),
             events: Gauge::default(),
             orders: Gauge::default(),
             orders_by_status: Family::default(),
             writes_refused: Gauge::default(),
             rocksdb: Family::default(),
+            // 100 µs .. ~52 s.
+            replication_apply_delay: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            replication_lag_lsn: Gauge::default(),
+            replication_lag_seconds: Gauge::default(),
+            replication_bytes: Family::default(),
+            replication_entries: Family::default(),
+            replication_reconnects: Gauge::default(),
+            replication_replicas: Gauge::default(),
+            epoch: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -173,6 +198,11 @@ impl Metrics {
             m.overload_rejections.clone(),
         );
         r.register(
+            "auth_failures",
+            "Requests refused by the access-token check, by reason (missing, invalid, scope)",
+            m.auth_failures.clone(),
+        );
+        r.register(
             "last_lsn",
             "Last committed log sequence number",
             m.last_lsn.clone(),
@@ -194,7 +224,96 @@ impl Metrics {
             "RocksDB properties by column family",
             m.rocksdb.clone(),
         );
+        r.register_with_unit(
+            "replication_apply_delay",
+            "Replica: per entry, from its receipt on the primary to its durable apply here",
+            Unit::Seconds,
+            m.replication_apply_delay.clone(),
+        );
+        r.register(
+            "replication_lag_lsn",
+            "Replica: entries the primary has that this node has not applied; primary: the \
+             largest lag of a connected replica (by acknowledged LSN)",
+            m.replication_lag_lsn.clone(),
+        );
+        r.register_with_unit(
+            "replication_lag",
+            "Replica: age of the oldest entry not applied yet (0 when caught up)",
+            Unit::Seconds,
+            m.replication_lag_seconds.clone(),
+        );
+        r.register(
+            "replication_bytes",
+            "Log bytes shipped (primary, direction=sent) or applied (replica, direction=received)",
+            m.replication_bytes.clone(),
+        );
+        r.register(
+            "replication_entries",
+            "Log entries shipped (direction=sent) or applied (direction=received)",
+            m.replication_entries.clone(),
+        );
+        r.register(
+            "replication_reconnects",
+            "Replica: sessions with the primary started again after a failure",
+            m.replication_reconnects.clone(),
+        );
+        r.register(
+            "replication_replicas",
+            "Primary: replicas connected now",
+            m.replication_replicas.clone(),
+        );
+        r.register("epoch", "This node's epoch", m.epoch.clone());
         Metrics { registry, ..m }
+    }
+
+    /// Replica: the primary's receive times (ms) of a batch just applied.
+    pub fn observe_replicated(&self, received_ms: &[i64]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for r in received_ms {
+            self.replication_apply_delay
+                .observe(((now - r).max(0) as f64) / 1000.0);
+        }
+    }
+
+    /// Refreshes the replication figures (at scrape time).
+    pub fn observe_replication(&self, r: &crate::replication::Replication, engine: &Engine) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.epoch.set(engine.epoch() as i64);
+        let dir = |d| DirectionLabels { direction: d };
+        match r.lag() {
+            Some((lsn, secs)) => {
+                self.replication_lag_lsn.set(lsn as i64);
+                self.replication_lag_seconds.set(secs);
+                let s = r.replica_status.lock().expect("status lock");
+                self.replication_bytes
+                    .get_or_create(&dir("received"))
+                    .set(s.bytes_received as i64);
+                self.replication_entries
+                    .get_or_create(&dir("received"))
+                    .set(s.entries_applied as i64);
+                self.replication_reconnects.set(s.reconnects as i64);
+            }
+            None => {
+                let last = engine.last_lsn().0;
+                let replicas = r.primary_state.replicas();
+                let worst = replicas
+                    .iter()
+                    .map(|x| last.saturating_sub(x.acked_lsn.0))
+                    .max()
+                    .unwrap_or(0);
+                self.replication_lag_lsn.set(worst as i64);
+                self.replication_replicas.set(replicas.len() as i64);
+                let p = &r.primary_state;
+                self.replication_bytes
+                    .get_or_create(&dir("sent"))
+                    .set(p.bytes_shipped.load(Relaxed) as i64);
+                self.replication_entries
+                    .get_or_create(&dir("sent"))
+                    .set(p.entries_shipped.load(Relaxed) as i64);
+            }
+        }
     }
 
     /// Called on the engine's writer thread after each group commit: counters only, no blocking.

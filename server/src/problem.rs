@@ -60,6 +60,21 @@ impl Problem {
         p
     }
 
+    /// A write this node does not accept: it is a replica (naming its primary), or an old primary
+    /// fenced by a newer epoch, or one that stopped writes for a switchover.
+    pub fn read_only_replica(detail: impl Into<String>, primary: Option<String>) -> Problem {
+        let mut p = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read-only-replica",
+            "This node does not accept writes",
+            detail,
+        );
+        if let Some(primary) = primary {
+            p.extra.push(("primary", Value::String(primary)));
+        }
+        p
+    }
+
     pub fn internal(detail: impl Into<String>) -> Problem {
         Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -220,6 +235,7 @@ impl From<EngineError> for Problem {
                 "Storage failure",
                 format!("{e}; nothing of this request was acknowledged"),
             ),
+            EngineError::ReadOnly(_) => Problem::read_only_replica(e.to_string(), None),
             other => Problem::internal(other.to_string()),
         }
     }

@@ -99,12 +99,6 @@ impl Signals {
 }
 
 pub async fn run(config: Config) -> Result<(), ServerError> {
-    if let Some(primary) = &config.replica_of {
-        return Err(ServerError::Config(format!(
-            "--replica-of {primary}: the replica role is not available in this build yet \
-             (replication lands with its own issue); run without it for a primary"
-        )));
-    }
     tls::install_crypto_provider();
     let mut signals = Signals::install()?;
     let options = EngineOptions {
@@ -137,6 +131,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                 source,
             })?;
     }
+    let audit = crate::audit::Audit::open(&config.data)
+        .map_err(|e| ServerError::Runtime(format!("opening the audit log: {e}")))?;
+    crate::auth::log_posture(&config.auth, config.http, config.https);
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(engine.last_lsn()));
     {
@@ -182,7 +179,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         .map(|a| a.port());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let replication = crate::replication::Replication::start(
+        engine.clone(),
+        &config,
+        config.tls_cert.is_some().then(|| identity.clone()),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    )
+    .await?;
     let app = Arc::new(App {
+        replication: replication.clone(),
         engine: engine.clone(),
         hub,
         metrics: metrics.clone(),
@@ -193,7 +199,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         h3_port,
     });
     let shared = Shared {
-        router: api::router(app.clone()),
+        router: api::router_with_auth(
+            app.clone(),
+            Arc::new(crate::auth::Auth::new(
+                &config.auth,
+                metrics.clone(),
+                Some(audit),
+            )),
+        ),
         limits: limits.clone(),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         metrics,
@@ -215,11 +228,13 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         tasks.spawn(net::serve_tcp(tcp, Some(acceptor), "https", shared.clone()));
         tasks.spawn(net::serve_h3(endpoint, shared.clone()));
     }
-    if config.replication != Listen::Off {
-        tracing::info!(
-            "replication listener not started: the replica role lands with its own issue"
-        );
+    if let Some(addr) = replication.listening() {
+        ready["replication"] = json!(addr.to_string());
     }
+    ready["role"] = json!(match replication.role() {
+        crate::replication::Role::Primary => "primary",
+        crate::replication::Role::Replica { .. } => "replica",
+    });
     tracing::info!(
         http = %ready["http"], https = %ready["https"], data = %config.data.display(),
         last_lsn = engine.last_lsn().0, "trackstore ready"

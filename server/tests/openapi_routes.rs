@@ -54,6 +54,7 @@ async fn every_route_reaches_a_handler() {
     let (_tx, shutdown) = watch::channel(false);
     let limits = Limits::default();
     let app = Arc::new(App {
+        replication: trackstore_server::replication::Replication::standalone(engine.clone()),
         hub: Arc::new(Hub::new(engine.last_lsn())),
         engine,
         metrics: Arc::new(Metrics::new()),

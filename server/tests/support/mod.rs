@@ -17,10 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Once, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -100,6 +97,10 @@ impl Server {
 
     /// The self-signed certificate the server made in its data directory: the clients' only root.
     pub fn cert_path(&self) -> PathBuf {
+        // A node started with a cluster CA serves a certificate that CA signed: trust the CA.
+        if let Some(i) = self.extra_args.iter().position(|a| a == "--tls-ca") {
+            return PathBuf::from(&self.extra_args[i + 1]);
+        }
         self.data_dir().join("tls").join("cert.pem")
     }
 
@@ -145,6 +146,19 @@ impl Server {
         self.child = Some(child);
         self.addrs = addrs;
         self.stderr_path = stderr_path;
+    }
+
+    /// Starts the server again on the same data directory with other extra arguments (a new role).
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| (*s).to_owned()).collect();
+        self.restart();
+    }
+
+    /// Kills the process at once (SIGKILL): a crash, nothing flushed beyond what was synced.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// A client for one protocol, connected to this server.
@@ -296,27 +310,15 @@ impl Proto {
     }
 }
 
-type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-type H3Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
-
-enum Conn {
-    H1(H1Sender),
-    H2(H2Sender),
-    H3 {
-        send: H3Sender,
-        // Kept so the QUIC endpoint outlives the connection.
-        _endpoint: quinn::Endpoint,
-    },
-}
-
-/// A connection to the server over one protocol. It reconnects when the server closed the previous
+/// A connection to the server over one protocol: a [`trackstore_client::Connection`] (the shared
+/// transport core of trackctl and trackload), which reconnects when the server closed the previous
 /// connection (as an HTTP/1.1 server may after an error response).
 pub struct Client {
     pub proto: Proto,
     addrs: Addrs,
+    /// For the hand-written `Expect: 100-continue` exchange, which bypasses the client library.
     roots: Arc<RootCertStore>,
-    conn: Option<Conn>,
+    conn: trackstore_client::Connection,
 }
 
 impl fmt::Debug for Client {
@@ -340,7 +342,8 @@ pub struct Response {
 fn install_crypto_provider() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // Another test thread of this process may have installed it: that is fine.
+        // Tests that build their own rustls configurations rely on the process-wide provider;
+        // another test thread of this process may have installed it: that is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
 }
@@ -353,6 +356,47 @@ fn tls_config(roots: &Arc<RootCertStore>, alpn: &[u8]) -> rustls::ClientConfig {
     config
 }
 
+/// The client library's configuration for one of the five ways in: the URL names `localhost`
+/// (the name in the server's certificate) for TLS, and the address is the one the server reported.
+fn client_config(proto: Proto, addrs: &Addrs, cert: &Path) -> trackstore_client::ClientConfig {
+    use trackstore_client::{ClientConfig, Proto as P, Trust};
+    let (url, p, addr) = match proto {
+        Proto::H1 => (
+            format!("http://127.0.0.1:{}", addrs.http.port()),
+            P::H1,
+            addrs.http,
+        ),
+        Proto::H2c => (
+            format!("http://127.0.0.1:{}", addrs.http.port()),
+            P::H2,
+            addrs.http,
+        ),
+        Proto::H1Tls => (
+            format!("https://localhost:{}", addrs.https.port()),
+            P::H1,
+            addrs.https,
+        ),
+        Proto::H2 => (
+            format!("https://localhost:{}", addrs.https.port()),
+            P::H2,
+            addrs.https,
+        ),
+        Proto::H3 => (
+            format!("https://localhost:{}", addrs.h3.port()),
+            P::H3,
+            addrs.h3,
+        ),
+    };
+    let mut config = ClientConfig::new(url, p)
+        .with_connect_addr(addr)
+        .with_request_timeout(REQUEST_TIMEOUT);
+    config.connect_timeout = REQUEST_TIMEOUT;
+    if proto.is_tls() {
+        config.trust = Some(Trust::CaFile(cert.to_owned()));
+    }
+    config
+}
+
 impl Client {
     pub async fn connect(proto: Proto, addrs: &Addrs, cert: &Path) -> Client {
         install_crypto_provider();
@@ -362,17 +406,23 @@ impl Client {
         roots
             .add(der)
             .expect("the server certificate is a valid root");
-        let mut client = Client {
+        let client = trackstore_client::Client::new(client_config(proto, addrs, cert))
+            .expect("a valid client configuration");
+        let conn = client.connect().await.unwrap_or_else(|e| {
+            panic!(
+                "{}: connect with the server's self-signed certificate as the only root: {e}",
+                proto.tag()
+            )
+        });
+        Client {
             proto,
             addrs: addrs.clone(),
             roots: Arc::new(roots),
-            conn: None,
-        };
-        let conn = client.open().await;
-        client.conn = Some(conn);
-        client
+            conn,
+        }
     }
 
+    /// A TLS connection to the https listener for the hand-written HTTP/1.1 exchange.
     async fn tls(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
         let tcp = TcpStream::connect(self.addrs.https)
             .await
@@ -393,53 +443,7 @@ impl Client {
         tls
     }
 
-    async fn open(&self) -> Conn {
-        match self.proto {
-            Proto::H1 => {
-                let tcp = TcpStream::connect(self.addrs.http)
-                    .await
-                    .expect("connect to the http listener");
-                tcp.set_nodelay(true).expect("set TCP_NODELAY");
-                Conn::H1(h1_handshake(TokioIo::new(tcp)).await)
-            }
-            Proto::H1Tls => Conn::H1(h1_handshake(TokioIo::new(self.tls(b"http/1.1").await)).await),
-            Proto::H2c => {
-                let tcp = TcpStream::connect(self.addrs.http)
-                    .await
-                    .expect("connect to the http listener");
-                tcp.set_nodelay(true).expect("set TCP_NODELAY");
-                Conn::H2(h2_handshake(TokioIo::new(tcp)).await)
-            }
-            Proto::H2 => Conn::H2(h2_handshake(TokioIo::new(self.tls(b"h2").await)).await),
-            Proto::H3 => self.open_h3().await,
-        }
-    }
-
-    async fn open_h3(&self) -> Conn {
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(&self.roots, b"h3"))
-                .expect("a QUIC-capable TLS configuration");
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))
-            .expect("bind a UDP socket for the QUIC client");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let quic = endpoint
-            .connect(self.addrs.h3, "localhost")
-            .expect("start a QUIC connection")
-            .await
-            .expect("QUIC handshake with the server's self-signed certificate as the only root");
-        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic))
-            .await
-            .expect("HTTP/3 connection setup");
-        tokio::spawn(async move {
-            let _closed = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
-        Conn::H3 {
-            send,
-            _endpoint: endpoint,
-        }
-    }
-
-    /// The authority and scheme for absolute URIs (HTTP/2 and HTTP/3 carry them as pseudo-headers).
+    /// The authority and scheme (for the `Host` of the hand-written exchange).
     fn base(&self) -> String {
         match self.proto {
             Proto::H1 | Proto::H2c => format!("http://127.0.0.1:{}", self.addrs.http.port()),
@@ -477,18 +481,20 @@ impl Client {
         headers: &[(&str, &str)],
     ) -> Result<Response, String> {
         let what = format!("{} {method} {path}", self.proto.tag());
-        let result = match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.request_inner(method, path, content_type, body, headers),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(format!("no response within {REQUEST_TIMEOUT:?}")),
-        };
+        let method = Method::from_bytes(method.as_bytes()).expect("a valid method");
+        let mut req = trackstore_client::Request::new(method, path).with_body(body);
+        if let Some(ct) = content_type {
+            req = req
+                .try_header("content-type", ct)
+                .expect("a valid content type");
+        }
+        for (name, value) in headers {
+            req = req.try_header(name, value).expect("a valid header");
+        }
+        let result = self.conn.send(req).await;
         if result.is_err() {
             // Whatever state the connection is in, do not reuse it.
-            self.conn = None;
+            self.conn.disconnect();
         }
         let resp = result.map_err(|e| format!("{what}: {e}"))?;
         assert_eq!(
@@ -496,65 +502,12 @@ impl Client {
             self.proto.version(),
             "{what}: response HTTP version"
         );
-        Ok(resp)
-    }
-
-    async fn request_inner(
-        &mut self,
-        method: &str,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> Result<Response, String> {
-        let method = Method::from_bytes(method.as_bytes()).expect("a valid method");
-        let mut builder = Request::builder().method(method);
-        builder = match self.proto {
-            Proto::H1 | Proto::H1Tls => {
-                let host = match self.proto {
-                    Proto::H1 => format!("127.0.0.1:{}", self.addrs.http.port()),
-                    _ => format!("localhost:{}", self.addrs.https.port()),
-                };
-                builder.uri(path).header(http::header::HOST, host)
-            }
-            _ => builder.uri(format!("{}{path}", self.base())),
-        };
-        if let Some(ct) = content_type {
-            builder = builder.header(http::header::CONTENT_TYPE, ct);
-        }
-        for (name, value) in headers {
-            builder = builder.header(
-                HeaderName::from_bytes(name.as_bytes()).expect("a valid header name"),
-                HeaderValue::from_str(value).expect("a valid header value"),
-            );
-        }
-        self.ensure_open().await;
-        match self.conn.as_mut().expect("connected") {
-            Conn::H1(sender) => {
-                let req = builder
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("a valid request");
-                let resp = sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
-                collect_hyper(resp).await
-            }
-            Conn::H2(sender) => {
-                let req = builder
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("a valid request");
-                let resp = sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
-                collect_hyper(resp).await
-            }
-            Conn::H3 { send, .. } => {
-                let req = builder.body(()).expect("a valid request");
-                h3_request(send, req, body).await
-            }
-        }
+        Ok(Response {
+            status: resp.status,
+            version: resp.version,
+            headers: resp.headers,
+            body: resp.body.to_vec(),
+        })
     }
 
     /// An HTTP/1.1 request sent the way curl sends large bodies: the head with `Expect:
@@ -592,18 +545,6 @@ impl Client {
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| format!("no response within {REQUEST_TIMEOUT:?}"))?
-    }
-
-    async fn ensure_open(&mut self) {
-        let usable = match &mut self.conn {
-            Some(Conn::H1(s)) => !s.is_closed() && s.ready().await.is_ok(),
-            Some(Conn::H2(s)) => !s.is_closed() && s.ready().await.is_ok(),
-            Some(Conn::H3 { .. }) => true,
-            None => false,
-        };
-        if !usable {
-            self.conn = Some(self.open().await);
-        }
     }
 
     // Shorthands.
@@ -646,32 +587,6 @@ impl Client {
     pub async fn stats(&mut self) -> Value {
         self.get_json("/v1/stats").await
     }
-}
-
-async fn h1_handshake<T>(io: T) -> H1Sender
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-async fn h2_handshake<T>(io: T) -> H2Sender
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-        .await
-        .expect("HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
 }
 
 /// Writes `head`, waits for the server's first response; after `100 Continue` writes `body` and
@@ -809,65 +724,6 @@ where
         version: Version::HTTP_11,
         headers,
         body,
-    })
-}
-
-async fn collect_hyper(resp: http::Response<hyper::body::Incoming>) -> Result<Response, String> {
-    let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| format!("read the response body: {e:?}"))?
-        .to_bytes()
-        .to_vec();
-    Ok(Response {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    })
-}
-
-async fn h3_request(
-    send: &mut H3Sender,
-    req: Request<()>,
-    body: Vec<u8>,
-) -> Result<Response, String> {
-    let mut stream = send
-        .send_request(req)
-        .await
-        .map_err(|e| format!("send the request headers: {e:?}"))?;
-    // The server may answer (413, say) and stop reading before the whole body is sent: a failed
-    // send is then not an error as long as a response arrives.
-    let mut send_error = None;
-    if !body.is_empty()
-        && let Err(e) = stream.send_data(Bytes::from(body)).await
-    {
-        send_error = Some(e);
-    }
-    if send_error.is_none()
-        && let Err(e) = stream.finish().await
-    {
-        send_error = Some(e);
-    }
-    let head = stream
-        .recv_response()
-        .await
-        .map_err(|e| format!("receive the response ({e:?}; sending failed with {send_error:?})"))?;
-    let mut bytes = Vec::new();
-    while let Some(mut chunk) = stream
-        .recv_data()
-        .await
-        .map_err(|e| format!("read the response body: {e:?}"))?
-    {
-        bytes.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-    }
-    let (parts, ()) = head.into_parts();
-    Ok(Response {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body: bytes,
     })
 }
 

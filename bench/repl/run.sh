@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Replication benchmarks (issue 4): replication lag at fixed ingest rates, the primary's ingest rate
+# with and without a replica, and catch-up speed. Release binaries, one machine, loopback.
+#   usage: bench/repl/run.sh [lag RATE SECONDS | throughput SECONDS | catchup EVENTS]
+set -euo pipefail
+BIN=${BIN:-./target/release}
+W=${W:-/tmp/ts-repl-bench}
+PH=18080 PR=17443 RH=18081 RR=17444
+
+certs() {
+  [ -f "$W/certs/ca.pem" ] || "$BIN/trackctl" certs init "$W/certs" --nodes primary,replica >/dev/null
+}
+node() { # name http repl [primary-repl]
+  local name=$1 http=$2 repl=$3 of=${4:-}
+  local args=(--data "$W/$name" --http "127.0.0.1:$http" --https off --replication "127.0.0.1:$repl"
+    --tls-ca "$W/certs/ca.pem" --tls-cert "$W/certs/$name.pem" --tls-key "$W/certs/$name.key")
+  [ -n "$of" ] && args+=(--replica-of "127.0.0.1:$of")
+  "$BIN/trackstore" "${args[@]}" >"$W/$name.out" 2>"$W/$name.err" &
+  echo $!
+}
+wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
+last_lsn() { curl -sf "http://127.0.0.1:$1/v1/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_lsn"])'; }
+rss() { awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$1/status"; }
+fresh() { kill "${P:-}" "${R:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W/primary" "$W/replica"; mkdir -p "$W"; certs; }
+trap 'kill ${P:-} ${R:-} 2>/dev/null || true' EXIT
+
+case ${1:-lag} in
+lag) # RATE SECONDS: open-loop single-event ingest at RATE on the primary; the replica's apply delay
+  rate=${2:-10000} secs=${3:-30}
+  fresh; P=$(node primary $PH $PR); wait_ready $PH; R=$(node replica $RH $RR $PR); wait_ready $RH
+  "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --rate "$rate" --duration "${secs}s" --json >"$W/load.json"
+  sleep 1
+  python3 - "$W/load.json" <<'PY'
+import json,sys; d=json.load(open(sys.argv[1])); print("trackload:", json.dumps({k: d[k] for k in d if k in ("throughput","requests","errors","operations","ops")})[:600])
+PY
+  curl -sf "http://127.0.0.1:$RH/v1/admin/replication" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("replica:", json.dumps({k: d[k] for k in ("apply_delay_ms","lag_lsn","last_lsn","reconnects")}))'
+  echo "primary RSS $(rss $P), replica RSS $(rss $R)"
+  ;;
+throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without then with a replica
+  secs=${2:-20}
+  for with in no yes; do
+    fresh; P=$(node primary $PH $PR); wait_ready $PH
+    if [ $with = yes ]; then R=$(node replica $RH $RR $PR); wait_ready $RH; fi
+    "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --connections 64 --duration "${secs}s" --json >"$W/tp-$with.json"
+    echo "replica attached: $with"; python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d)[:700])' "$W/tp-$with.json"
+  done
+  ;;
+catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN
+  n=${2:-1000000}
+  fresh; P=$(node primary $PH $PR); wait_ready $PH
+  "$BIN/trackload" ingest-batch --batch 1000 --url "http://127.0.0.1:$PH" --connections 4 --requests $((n / 1000)) --json >/dev/null
+  target=$(last_lsn $PH); start=$(date +%s.%N)
+  R=$(node replica $RH $RR $PR); wait_ready $RH
+  while [ "$(last_lsn $RH)" -lt "$target" ]; do sleep 0.2; done
+  end=$(date +%s.%N)
+  python3 -c "import sys; n=$target; t=$end-$start; print(f'catch-up: {n} events in {t:.1f} s = {n/t:,.0f} events/s (replica start included)')"
+  echo "primary RSS $(rss $P), replica RSS $(rss $R)"
+  ;;
+esac

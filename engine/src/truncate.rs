@@ -1,0 +1,146 @@
+//! Truncation of the log's tail: an old primary rejoining as a replica drops the entries the new
+//! primary never received (after the caller saved them to a quarantine file). Every trace of each
+//! removed entry goes (log, `by_order`, `by_time`, event id), the affected orders' states are
+//! recomputed from their remaining events by the same fold rule as on write, and the stats and epoch
+//! history follow, all in one durable batch: a crash leaves either the old or the new store.
+
+use std::collections::BTreeSet;
+
+use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
+
+use crate::codec;
+use crate::engine::Shared;
+use crate::error::{Error, Result};
+use crate::event::{Lsn, StoredEvent};
+use crate::keys::{self, TimePos};
+use crate::limits::TRUNCATE_ENTRIES_MAX;
+use crate::state::OrderState;
+use crate::store::{self, Cf};
+
+/// Runs on the writer thread, alone. Returns the number of entries removed.
+pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u64> {
+    let db = &shared.db;
+    let mut stats = shared.stats.read().expect("stats lock").clone();
+    // With no entry to remove there may still be an epoch to drop: a promotion that wrote nothing.
+    let epoch_after = shared
+        .epochs
+        .read()
+        .expect("epochs lock")
+        .iter()
+        .any(|(_, start)| *start > after);
+    if after >= stats.last_lsn && !epoch_after {
+        return Ok(0);
+    }
+    let removed = tail(shared, after)?;
+    let h = |cf| store::handle(db, cf);
+    let mut batch = WriteBatch::default();
+    let mut orders = BTreeSet::new();
+    for e in &removed {
+        let pos = TimePos {
+            at: e.event.occurred_at,
+            lsn: e.lsn,
+        };
+        batch.delete_cf(h(Cf::Log)?, keys::log(e.lsn));
+        batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
+        batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
+        batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
+        orders.insert(e.event.order_id.as_str());
+    }
+    stats.events -= removed.len() as u64;
+    for order_id in orders {
+        let before = match db.get_pinned_cf(h(Cf::Orders)?, order_id.as_bytes())? {
+            Some(v) => Some(codec::decode_state(&v)?),
+            None => None,
+        };
+        let after_state = recompute(shared, order_id, after)?;
+        let old_status = before.as_ref().map(|s| s.status.value);
+        let new_status = after_state.as_ref().map(|s| s.status.value);
+        if old_status != new_status {
+            if let Some(old) = old_status {
+                *stats.orders_in_mut(old) -= 1;
+                batch.delete_cf(h(Cf::StatusIndex)?, keys::status_index(old, order_id));
+            }
+            if let Some(new) = new_status {
+                *stats.orders_in_mut(new) += 1;
+                batch.put_cf(h(Cf::StatusIndex)?, keys::status_index(new, order_id), []);
+            }
+        }
+        match &after_state {
+            Some(state) => batch.put_cf(
+                h(Cf::Orders)?,
+                order_id.as_bytes(),
+                codec::encode_state(state),
+            ),
+            None => {
+                stats.orders -= 1;
+                batch.delete_cf(h(Cf::Orders)?, order_id.as_bytes());
+            }
+        }
+    }
+    // `after` may lie beyond the log when only an epoch is dropped.
+    let last = stats.last_lsn.min(after);
+    stats.last_lsn = last;
+    let mut epochs = shared.epochs.read().expect("epochs lock").clone();
+    for (epoch, start) in &epochs {
+        if *start > after {
+            batch.delete_cf(h(Cf::Meta)?, keys::meta_epoch(*epoch));
+        }
+    }
+    epochs.retain(|(_, start)| *start <= after);
+    batch.put_cf(h(Cf::Meta)?, keys::META_STATS, codec::encode_stats(&stats));
+    db.write_opt(batch, opts)
+        .map_err(|e| Error::Poisoned(format!("truncation failed: {e}")))?;
+    *shared.stats.write().expect("stats lock") = stats;
+    *shared.epochs.write().expect("epochs lock") = epochs;
+    shared.commits.rewind(last);
+    Ok(removed.len() as u64)
+}
+
+/// The log entries after `after`, bounded.
+fn tail(shared: &Shared, after: Lsn) -> Result<Vec<StoredEvent>> {
+    let db = &shared.db;
+    let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
+    it.seek(keys::log(Lsn(after.0 + 1)));
+    let mut out = Vec::new();
+    while let Some(v) = it.value() {
+        if out.len() >= TRUNCATE_ENTRIES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "the tail after LSN {after} holds more than {TRUNCATE_ENTRIES_MAX} entries; \
+                 rebuild this node from a snapshot instead"
+            )));
+        }
+        out.push(codec::decode_event(v)?);
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+/// The order's state from its events up to `after`, folded in LSN order; None if none remains.
+fn recompute(shared: &Shared, order_id: &str, after: Lsn) -> Result<Option<OrderState>> {
+    let db = &shared.db;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
+    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
+    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
+    it.seek_to_first();
+    let mut events = Vec::new();
+    while let Some(v) = it.value() {
+        let e = codec::decode_event(v)?;
+        if e.lsn <= after {
+            events.push(e);
+        }
+        it.next();
+    }
+    it.status()?;
+    events.sort_by_key(|e| e.lsn);
+    let mut events = events.into_iter();
+    let Some(first) = events.next() else {
+        return Ok(None);
+    };
+    let mut state = OrderState::new(&first);
+    for e in events {
+        state.apply(&e);
+    }
+    Ok(Some(state))
+}

@@ -1,0 +1,430 @@
+//! The replication protocol's frames and their binary encoding (pure: no I/O).
+//!
+//! A frame on the wire is `length:u32be ‖ kind:u8 ‖ body`, where `length` counts `kind ‖ body` and is
+//! at most [`FRAME_BYTES_MAX`]. Integers are big-endian; strings and byte strings are `len:u32be ‖
+//! bytes`; lists are `count:u32be ‖ items`. One bidirectional QUIC stream per session carries them:
+//!
+//! ```text
+//! replica → primary   Hello, then Ack… (and SwitchoverRequest for a planned switchover)
+//! primary → replica   Welcome | Refused, then Entries… and Heartbeat… (SwitchoverReady, Promoted)
+//! ```
+//!
+//! Entries carry the engine's own encoding of each stored event (`trackstore_engine::codec`), so the
+//! replica applies exactly the bytes the primary stored.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The protocol version in `Hello`; a primary refuses any other.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The largest frame accepted (length field), so a peer can never make us buffer more.
+pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Entries in one `Entries` frame, and their encoded bytes (a frame stays far under the maximum).
+pub const BATCH_ENTRIES_MAX: usize = 4_096;
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Epoch history entries in a `Hello` or `Welcome`.
+const HISTORY_MAX: usize = 100_000;
+/// Bytes of a text field (node names, reasons).
+const TEXT_BYTES_MAX: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The replica's first frame: who it is and what its log holds.
+    Hello {
+        version: u16,
+        node: String,
+        /// (epoch, first LSN), oldest first.
+        history: Vec<(u64, u64)>,
+        /// The highest epoch the replica has heard of.
+        known_epoch: u64,
+        last_lsn: u64,
+    },
+    /// The primary accepts: its history and log end, and the LSN it will stream from. A replica whose
+    /// log goes past `start_from - 1` holds a divergent tail and must set it aside first.
+    Welcome {
+        history: Vec<(u64, u64)>,
+        epoch: u64,
+        last_lsn: u64,
+        start_from: u64,
+    },
+    /// The primary refuses the session. `fenced_by` is set when the replica showed a newer epoch:
+    /// the primary has stepped down.
+    Refused {
+        reason: String,
+        fenced_by: Option<u64>,
+    },
+    /// Consecutive log entries of one epoch, in LSN order.
+    Entries {
+        epoch: u64,
+        first_lsn: u64,
+        entries: Vec<Bytes>,
+    },
+    /// The primary's log end and clock (ms since the Unix epoch), sent when idle and with batches.
+    Heartbeat {
+        epoch: u64,
+        last_lsn: u64,
+        now_ms: i64,
+    },
+    /// The replica has applied (durably) every entry up to this LSN.
+    Ack { applied_lsn: u64 },
+    /// Planned switchover, replica → primary: stop writes and tell me your final LSN.
+    SwitchoverRequest,
+    /// The primary stopped writes at `final_lsn` and will not accept any more in `epoch`.
+    SwitchoverReady { final_lsn: u64 },
+    /// The replica was promoted to `epoch`: the primary fences itself.
+    Promoted { epoch: u64 },
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the {FRAME_BYTES_MAX}-byte limit")]
+    TooLarge(usize),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("truncated frame: {0}")]
+    Truncated(&'static str),
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const REFUSED: u8 = 3;
+const ENTRIES: u8 = 4;
+const HEARTBEAT: u8 = 5;
+const ACK: u8 = 6;
+const SWITCHOVER_REQUEST: u8 = 7;
+const SWITCHOVER_READY: u8 = 8;
+const PROMOTED: u8 = 9;
+
+impl Frame {
+    /// Appends the frame, length prefix included, to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u32(0);
+        match self {
+            Frame::Hello {
+                version,
+                node,
+                history,
+                known_epoch,
+                last_lsn,
+            } => {
+                out.put_u8(HELLO);
+                out.put_u16(*version);
+                put_bytes(out, node.as_bytes());
+                put_history(out, history);
+                out.put_u64(*known_epoch);
+                out.put_u64(*last_lsn);
+            }
+            Frame::Welcome {
+                history,
+                epoch,
+                last_lsn,
+                start_from,
+            } => {
+                out.put_u8(WELCOME);
+                put_history(out, history);
+                out.put_u64(*epoch);
+                out.put_u64(*last_lsn);
+                out.put_u64(*start_from);
+            }
+            Frame::Refused { reason, fenced_by } => {
+                out.put_u8(REFUSED);
+                put_bytes(out, reason.as_bytes());
+                out.put_u64(fenced_by.unwrap_or(0));
+            }
+            Frame::Entries {
+                epoch,
+                first_lsn,
+                entries,
+            } => {
+                out.put_u8(ENTRIES);
+                out.put_u64(*epoch);
+                out.put_u64(*first_lsn);
+                out.put_u32(entries.len() as u32);
+                for e in entries {
+                    put_bytes(out, e);
+                }
+            }
+            Frame::Heartbeat {
+                epoch,
+                last_lsn,
+                now_ms,
+            } => {
+                out.put_u8(HEARTBEAT);
+                out.put_u64(*epoch);
+                out.put_u64(*last_lsn);
+                out.put_i64(*now_ms);
+            }
+            Frame::Ack { applied_lsn } => {
+                out.put_u8(ACK);
+                out.put_u64(*applied_lsn);
+            }
+            Frame::SwitchoverRequest => out.put_u8(SWITCHOVER_REQUEST),
+            Frame::SwitchoverReady { final_lsn } => {
+                out.put_u8(SWITCHOVER_READY);
+                out.put_u64(*final_lsn);
+            }
+            Frame::Promoted { epoch } => {
+                out.put_u8(PROMOTED);
+                out.put_u64(*epoch);
+            }
+        }
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// Takes one whole frame off the front of `buf` if it holds one (`Ok(None)`: need more bytes).
+    /// An oversize length is an error before any of the body arrives.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > FRAME_BYTES_MAX {
+            return Err(FrameError::TooLarge(len));
+        }
+        if len == 0 {
+            return Err(FrameError::Truncated("empty frame"));
+        }
+        if buf.len() < 4 + len {
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        let frame = Frame::decode_body(&mut body)?;
+        if body.has_remaining() {
+            return Err(FrameError::Malformed("trailing bytes"));
+        }
+        Ok(Some(frame))
+    }
+
+    fn decode_body(b: &mut Bytes) -> Result<Frame, FrameError> {
+        let kind = get_u8(b)?;
+        Ok(match kind {
+            HELLO => Frame::Hello {
+                version: get_u16(b)?,
+                node: get_text(b)?,
+                history: get_history(b)?,
+                known_epoch: get_u64(b)?,
+                last_lsn: get_u64(b)?,
+            },
+            WELCOME => Frame::Welcome {
+                history: get_history(b)?,
+                epoch: get_u64(b)?,
+                last_lsn: get_u64(b)?,
+                start_from: get_u64(b)?,
+            },
+            REFUSED => Frame::Refused {
+                reason: get_text(b)?,
+                fenced_by: Some(get_u64(b)?).filter(|e| *e > 0),
+            },
+            ENTRIES => {
+                let epoch = get_u64(b)?;
+                let first_lsn = get_u64(b)?;
+                let n = get_u32(b)? as usize;
+                if n > BATCH_ENTRIES_MAX {
+                    return Err(FrameError::Malformed("too many entries"));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(get_bytes(b)?);
+                }
+                Frame::Entries {
+                    epoch,
+                    first_lsn,
+                    entries,
+                }
+            }
+            HEARTBEAT => Frame::Heartbeat {
+                epoch: get_u64(b)?,
+                last_lsn: get_u64(b)?,
+                now_ms: get_i64(b)?,
+            },
+            ACK => Frame::Ack {
+                applied_lsn: get_u64(b)?,
+            },
+            SWITCHOVER_REQUEST => Frame::SwitchoverRequest,
+            SWITCHOVER_READY => Frame::SwitchoverReady {
+                final_lsn: get_u64(b)?,
+            },
+            PROMOTED => Frame::Promoted { epoch: get_u64(b)? },
+            other => return Err(FrameError::UnknownKind(other)),
+        })
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_history(out: &mut BytesMut, h: &[(u64, u64)]) {
+    out.put_u32(h.len() as u32);
+    for (e, l) in h {
+        out.put_u64(*e);
+        out.put_u64(*l);
+    }
+}
+
+fn need(b: &Bytes, n: usize, what: &'static str) -> Result<(), FrameError> {
+    if b.remaining() < n {
+        Err(FrameError::Truncated(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, FrameError> {
+    need(b, 1, "u8")?;
+    Ok(b.get_u8())
+}
+
+fn get_u16(b: &mut Bytes) -> Result<u16, FrameError> {
+    need(b, 2, "u16")?;
+    Ok(b.get_u16())
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, FrameError> {
+    need(b, 4, "u32")?;
+    Ok(b.get_u32())
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, FrameError> {
+    need(b, 8, "u64")?;
+    Ok(b.get_u64())
+}
+
+fn get_i64(b: &mut Bytes) -> Result<i64, FrameError> {
+    need(b, 8, "i64")?;
+    Ok(b.get_i64())
+}
+
+fn get_bytes(b: &mut Bytes) -> Result<Bytes, FrameError> {
+    let n = get_u32(b)? as usize;
+    need(b, n, "byte string")?;
+    Ok(b.split_to(n))
+}
+
+fn get_text(b: &mut Bytes) -> Result<String, FrameError> {
+    let raw = get_bytes(b)?;
+    if raw.len() > TEXT_BYTES_MAX {
+        return Err(FrameError::Malformed("text too long"));
+    }
+    String::from_utf8(raw.to_vec()).map_err(|_| FrameError::Malformed("text not UTF-8"))
+}
+
+fn get_history(b: &mut Bytes) -> Result<Vec<(u64, u64)>, FrameError> {
+    let n = get_u32(b)? as usize;
+    if n > HISTORY_MAX {
+        return Err(FrameError::Malformed("epoch history too long"));
+    }
+    need(b, n * 16, "epoch history")?;
+    Ok((0..n).map(|_| (b.get_u64(), b.get_u64())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn history() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..5)
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (
+                any::<u16>(),
+                "[a-z]{0,12}",
+                history(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(version, node, history, known_epoch, last_lsn)| {
+                    Frame::Hello {
+                        version,
+                        node,
+                        history,
+                        known_epoch,
+                        last_lsn,
+                    }
+                }),
+            (history(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(history, epoch, last_lsn, start_from)| Frame::Welcome {
+                    history,
+                    epoch,
+                    last_lsn,
+                    start_from
+                }
+            ),
+            ("\\PC{0,20}", proptest::option::of(1u64..))
+                .prop_map(|(reason, fenced_by)| { Frame::Refused { reason, fenced_by } }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6)
+            )
+                .prop_map(|(epoch, first_lsn, entries)| Frame::Entries {
+                    epoch,
+                    first_lsn,
+                    entries: entries.into_iter().map(Bytes::from).collect()
+                }),
+            (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(epoch, last_lsn, now_ms)| {
+                Frame::Heartbeat {
+                    epoch,
+                    last_lsn,
+                    now_ms,
+                }
+            }),
+            any::<u64>().prop_map(|applied_lsn| Frame::Ack { applied_lsn }),
+            Just(Frame::SwitchoverRequest),
+            any::<u64>().prop_map(|final_lsn| Frame::SwitchoverReady { final_lsn }),
+            any::<u64>().prop_map(|epoch| Frame::Promoted { epoch }),
+        ]
+    }
+
+    proptest! {
+        /// Frames survive encoding, also when the bytes arrive in arbitrary pieces.
+        #[test]
+        fn round_trip_in_pieces(frames in proptest::collection::vec(frame(), 1..8), cut in 1usize..17) {
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                f.encode(&mut wire);
+            }
+            let wire = wire.freeze();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(cut) {
+                buf.extend_from_slice(piece);
+                while let Some(f) = Frame::decode(&mut buf).expect("valid frames decode") {
+                    got.push(f);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, frames);
+        }
+
+        /// Garbage never panics the decoder: it is a frame, an error, or a request for more bytes.
+        #[test]
+        fn garbage_is_an_error_not_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = Frame::decode(&mut buf);
+        }
+    }
+
+    #[test]
+    fn an_oversize_length_is_refused_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&((FRAME_BYTES_MAX + 1) as u32).to_be_bytes()[..]);
+        assert_eq!(
+            Frame::decode(&mut buf),
+            Err(FrameError::TooLarge(FRAME_BYTES_MAX + 1))
+        );
+    }
+}

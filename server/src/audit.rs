@@ -1,0 +1,341 @@
+//! The audit log: `DATA/audit.log`, one JSON object per line for every admin action:
+//!
+//! ```json
+//! {"time":"2026-11-21T09:30:00.000Z","who":"ops","action":"GET /v1/admin/replication","target":"replication","outcome":200,"request_id":"r-1"}
+//! ```
+//!
+//! `who` is the token's name (or `anonymous-loopback` with authentication off), `outcome` the status
+//! code, or `"started"` for the record written before a state-changing action runs. The auth
+//! middleware records every admin request; handlers of state-changing actions (promote, erase) may
+//! add their own record with [`Audit::record`], which takes the caller from `Extension<Caller>` and
+//! the handle from `Extension<Audit>` (both put there by the middleware).
+//!
+//! Writes are serialised by one async mutex and done on the blocking pool, so at most one blocking
+//! thread is ever busy with the audit log and waiting callers hold none. The file is opened for each
+//! record (append mode), which lets an operator rotate it by renaming; a failed write is cut back so
+//! that no partial line is left for the next record to run into.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Serialize, Serializer};
+use trackstore_engine::Timestamp;
+
+use crate::problem::Problem;
+
+/// The audit log's name in the data directory.
+pub const AUDIT_FILE: &str = "audit.log";
+/// Bounds on a record's fields (in bytes; longer values are cut at a character boundary), so that a
+/// client cannot write arbitrarily long lines.
+pub const ACTION_PATH_BYTES_MAX: usize = 256;
+pub const TARGET_BYTES_MAX: usize = 256;
+pub const WHO_BYTES_MAX: usize = 64;
+/// A client's `X-Request-Id` longer than this (or not printable ASCII) is replaced by a new one.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("cannot write the audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the audit log writer failed: {0}")]
+    Worker(String),
+}
+
+impl From<AuditError> for Problem {
+    fn from(e: AuditError) -> Problem {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit-failure",
+            "Audit log unavailable",
+            format!("{e}; admin changes are refused rather than performed unaudited"),
+        )
+    }
+}
+
+/// The `outcome` of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written (with fsync) before a state-changing action runs; the final record follows with the
+    /// same `request_id`. A `started` record with no final one means the outcome is unknown (the
+    /// request timed out or the server stopped).
+    Started,
+    /// The HTTP status of the answer.
+    Status(u16),
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Outcome::Started => s.serialize_str("started"),
+            Outcome::Status(code) => s.serialize_u16(*code),
+        }
+    }
+}
+
+impl From<u16> for Outcome {
+    fn from(code: u16) -> Outcome {
+        Outcome::Status(code)
+    }
+}
+
+impl From<StatusCode> for Outcome {
+    fn from(code: StatusCode) -> Outcome {
+        Outcome::Status(code.as_u16())
+    }
+}
+
+/// One line of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC, milliseconds.
+    pub time: String,
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record stamped now, its fields cut to their bounds.
+    pub fn new(who: &str, action: &str, target: &str, outcome: impl Into<Outcome>) -> AuditRecord {
+        AuditRecord {
+            time: Timestamp::now().to_string(),
+            who: truncate(who, WHO_BYTES_MAX).to_owned(),
+            // A method and a space before the path.
+            action: truncate(action, ACTION_PATH_BYTES_MAX + 16).to_owned(),
+            target: truncate(target, TARGET_BYTES_MAX).to_owned(),
+            outcome: outcome.into(),
+            request_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, id: String) -> AuditRecord {
+        self.request_id = Some(truncate(&id, REQUEST_ID_BYTES_MAX).to_owned());
+        self
+    }
+}
+
+/// Whether a record must be on disk before `append` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// `fsync` before returning: for state-changing actions.
+    Fsync,
+    /// Written to the file only (the page cache): for reads of admin endpoints.
+    NoFsync,
+}
+
+/// The handle to the audit log; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    dir: PathBuf,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Audit {
+    /// Opens (creates if needed) `data_dir/audit.log`, so that an unwritable data directory stops
+    /// the start rather than the first admin action.
+    pub fn open(data_dir: &Path) -> Result<Audit, AuditError> {
+        let path = data_dir.join(AUDIT_FILE);
+        write_line(&path, data_dir, b"", Persist::Fsync).map_err(|source| AuditError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Audit {
+            inner: Arc::new(Inner {
+                path,
+                dir: data_dir.to_owned(),
+                lock: Arc::new(tokio::sync::Mutex::new(())),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Records an action and returns once the record is on disk (fsync'd): the call for handlers of
+    /// state-changing admin actions (promote, erase). A handler that gets an error must not report
+    /// success (`Problem::from(error)` is a 500 `audit-failure`).
+    pub async fn record(
+        &self,
+        who: &str,
+        action: &str,
+        target: &str,
+        outcome: impl Into<Outcome>,
+    ) -> Result<(), AuditError> {
+        self.append(
+            &AuditRecord::new(who, action, target, outcome),
+            Persist::Fsync,
+        )
+        .await
+    }
+
+    /// Appends one record.
+    pub async fn append(&self, record: &AuditRecord, persist: Persist) -> Result<(), AuditError> {
+        let mut line = serde_json::to_vec(record).map_err(|e| AuditError::Worker(e.to_string()))?;
+        line.push(b'\n');
+        // Owned guard: it moves into the blocking task, so the lock is held until the write is
+        // done even if the caller is dropped (a request timeout) in the meantime.
+        let guard = self.inner.lock.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            write_line(&inner.path, &inner.dir, &line, persist).map_err(|source| AuditError::Io {
+                path: inner.path.clone(),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| AuditError::Worker(e.to_string()))?
+    }
+}
+
+fn write_line(path: &Path, dir: &Path, line: &[u8], persist: Persist) -> std::io::Result<()> {
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        // Who did what is not for every local user to read.
+        .mode(0o600)
+        .open(path)?;
+    let before = file.metadata()?.len();
+    if let Err(e) = file.write_all(line) {
+        // Best effort: cut a partial line back off, so the next record starts on a line of its own.
+        let _ = file.set_len(before);
+        return Err(e);
+    }
+    if persist == Persist::Fsync {
+        file.sync_data()?;
+        if !existed {
+            // The new file's directory entry must be durable too.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The request's `X-Request-Id` if it is short printable ASCII, else a new id unique to this
+/// process run (start time and a counter).
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && !v.is_empty()
+        && v.len() <= REQUEST_ID_BYTES_MAX
+        && v.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v.to_owned();
+    }
+    static START_MS: OnceLock<i64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let start = *START_MS.get_or_init(|| Timestamp::now().as_millis());
+    format!("ts-{start:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn records_are_bounded_json_lines() {
+        let r = AuditRecord::new("ops", "GET /v1/admin/replication", "replication", 200u16)
+            .with_request_id("r-1".into());
+        let v: Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["who"], "ops");
+        assert_eq!(v["outcome"], 200);
+        assert_eq!(v["request_id"], "r-1");
+        assert!(Timestamp::parse(v["time"].as_str().unwrap()).is_ok());
+        let started = AuditRecord::new("ops", "DELETE /v1/orders/o-1", "o-1", Outcome::Started);
+        let v = serde_json::to_value(&started).unwrap();
+        assert_eq!(v["outcome"], "started");
+        assert!(v.get("request_id").is_none());
+        let long = AuditRecord::new("ops", &"é".repeat(1000), &"x".repeat(1000), 200u16);
+        assert!(long.action.len() <= ACTION_PATH_BYTES_MAX + 16);
+        assert_eq!(long.target.len(), TARGET_BYTES_MAX);
+        assert!(long.action.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", "a b".parse().unwrap());
+        let made = request_id(&h);
+        assert!(made.starts_with("ts-"), "{made}");
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn appends_lines_and_survives_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read(audit.path()).unwrap(), b"");
+        audit
+            .record("ops", "POST /v1/admin/promote", "promote", StatusCode::OK)
+            .await
+            .unwrap();
+        let r = AuditRecord::new("ci", "GET /v1/admin/replication", "replication", 403u16);
+        audit.append(&r, Persist::NoFsync).await.unwrap();
+        let text = std::fs::read_to_string(audit.path()).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["action"], "POST /v1/admin/promote");
+        assert_eq!(lines[0]["outcome"], json!(200));
+        assert_eq!(lines[1]["who"], "ci");
+        // Rotation by rename: the next record starts a new file.
+        std::fs::rename(audit.path(), dir.path().join("audit.log.1")).unwrap();
+        audit.record("ops", "x", "y", 200u16).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(audit.path())
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_happen_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        std::fs::remove_file(audit.path()).unwrap();
+        std::fs::create_dir(audit.path()).unwrap();
+        let e = audit.record("ops", "x", "y", 200u16).await.unwrap_err();
+        assert!(e.to_string().contains("audit.log"), "{e}");
+        assert_eq!(Problem::from(e).slug, "audit-failure");
+        assert!(Audit::open(dir.path()).is_err(), "open checks the file");
+    }
+}

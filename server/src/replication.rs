@@ -1,0 +1,365 @@
+//! The node's role in replication (DESIGN.md §4), between the HTTP API and the `replication`
+//! crate: a primary runs the replication listener; a replica runs the follower and refuses client
+//! writes; promotion (now, or a planned switchover) turns a replica into a primary in place.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use trackstore_engine::{Engine, Lsn};
+use trackstore_replication::primary::{self, PrimaryState};
+use trackstore_replication::replica::{self, Control, ReplicaOptions, ReplicaStatus};
+use trackstore_replication::transport::NodeTls;
+
+use crate::config::{Config, Listen};
+use crate::metrics::Metrics;
+use crate::server::ServerError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica { primary: String },
+}
+
+#[derive(Debug)]
+pub struct Replication {
+    engine: Arc<Engine>,
+    role: RwLock<Role>,
+    pub primary_state: Arc<PrimaryState>,
+    pub replica_status: Arc<Mutex<ReplicaStatus>>,
+    control: Mutex<Option<mpsc::Sender<Control>>>,
+    tls: Option<Arc<NodeTls>>,
+    listen: Listen,
+    listening: Mutex<Option<SocketAddr>>,
+    head: watch::Receiver<Lsn>,
+    shutdown: watch::Receiver<bool>,
+    /// Serialises promotions.
+    promoting: tokio::sync::Mutex<()>,
+}
+
+impl Replication {
+    /// A primary without a replication listener (tests that build the router alone).
+    pub fn standalone(engine: Arc<Engine>) -> Arc<Replication> {
+        let head = watch::channel(engine.last_lsn()).1;
+        let shutdown = watch::channel(false).1;
+        Arc::new(Replication {
+            engine,
+            role: RwLock::new(Role::Primary),
+            primary_state: Arc::default(),
+            replica_status: Arc::default(),
+            control: Mutex::new(None),
+            tls: None,
+            listen: Listen::Off,
+            listening: Mutex::new(None),
+            head,
+            shutdown,
+            promoting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts the node in its configured role: a replica starts following; a primary opens the
+    /// replication listener (when a CA is configured: replicas must be authenticated).
+    pub async fn start(
+        engine: Arc<Engine>,
+        config: &Config,
+        chain_and_key: Option<crate::tls::Identity>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Replication>, ServerError> {
+        let tls = match (&config.tls_ca, chain_and_key) {
+            (Some(ca), Some(id)) => Some(Arc::new(
+                NodeTls::new(id.chain, id.key, ca)
+                    .map_err(|e| ServerError::Config(format!("--tls-ca: {e}")))?,
+            )),
+            _ => None,
+        };
+        let (head_tx, head) = watch::channel(engine.last_lsn());
+        engine.on_commit(move |info| {
+            head_tx.send_replace(info.last_lsn);
+        });
+        let role = match &config.replica_of {
+            Some(p) => Role::Replica { primary: p.clone() },
+            None => Role::Primary,
+        };
+        let r = Arc::new(Replication {
+            engine: engine.clone(),
+            role: RwLock::new(role.clone()),
+            primary_state: Arc::default(),
+            replica_status: Arc::default(),
+            control: Mutex::new(None),
+            tls,
+            listen: config.replication,
+            listening: Mutex::new(None),
+            head,
+            shutdown,
+            promoting: tokio::sync::Mutex::new(()),
+        });
+        match role {
+            Role::Replica { primary } => {
+                let Some(tls) = r.tls.clone() else {
+                    return Err(ServerError::Config(
+                        "--replica-of needs --tls-ca, --tls-cert and --tls-key: replication uses \
+                         mutual TLS with certificates signed by the cluster's CA \
+                         (`trackctl certs init` makes a test CA)"
+                            .into(),
+                    ));
+                };
+                let e = engine.clone();
+                let reason = format!(
+                    "this node is a read-only replica of {primary}; send writes to the primary"
+                );
+                tokio::task::spawn_blocking(move || e.set_read_only(reason))
+                    .await
+                    .map_err(|e| ServerError::Runtime(e.to_string()))?
+                    .map_err(|e| ServerError::Runtime(e.to_string()))?;
+                r.start_follower(primary, tls, &config.data, metrics)?;
+            }
+            Role::Primary => {
+                if engine.is_fenced() {
+                    tracing::error!(
+                        epoch = engine.epoch(),
+                        known = engine.known_epoch(),
+                        "this node was superseded by a newer epoch: it refuses writes; restart it \
+                         with --replica-of <new primary> to rejoin"
+                    );
+                }
+                r.start_listener().await?;
+            }
+        }
+        Ok(r)
+    }
+
+    fn start_follower(
+        self: &Arc<Self>,
+        primary: String,
+        tls: Arc<NodeTls>,
+        data: &std::path::Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<(), ServerError> {
+        let client = tls
+            .client_config()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let bind: SocketAddr = if primary.starts_with('[') {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(|source| ServerError::Bind {
+            what: "replication client (UDP)",
+            addr: bind,
+            source,
+        })?;
+        let (tx, rx) = mpsc::channel(4);
+        *self.control.lock().expect("control lock") = Some(tx);
+        let options = ReplicaOptions {
+            primary: primary.clone(),
+            node: std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into()),
+            quarantine_dir: data.join("quarantine"),
+        };
+        let on_applied: replica::OnApplied = Box::new(move |received| {
+            metrics.observe_replicated(received);
+        });
+        let this = self.clone();
+        let engine = self.engine.clone();
+        let status = self.replica_status.clone();
+        tokio::spawn(async move {
+            let promoted =
+                replica::follow(engine, endpoint, client, options, status, on_applied, rx).await;
+            if let Some((epoch, start)) = promoted {
+                tracing::warn!(
+                    epoch,
+                    start = start.0,
+                    "promoted: this node is the primary now"
+                );
+                *this.role.write().expect("role lock") = Role::Primary;
+                if let Err(e) = this.start_listener().await {
+                    tracing::error!(error = %e, "the replication listener did not start after promotion");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn start_listener(self: &Arc<Self>) -> Result<(), ServerError> {
+        let Listen::On(addr) = self.listen else {
+            return Ok(());
+        };
+        let Some(tls) = self.tls.clone() else {
+            tracing::info!(
+                "replication listener off: it needs --tls-ca with --tls-cert/--tls-key, so that \
+                 only nodes signed by the cluster's CA can read the log"
+            );
+            return Ok(());
+        };
+        let config = tls
+            .server_config()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        let endpoint =
+            quinn::Endpoint::server(config, addr).map_err(|source| ServerError::Bind {
+                what: "replication (UDP)",
+                addr,
+                source,
+            })?;
+        let bound = endpoint.local_addr().unwrap_or(addr);
+        *self.listening.lock().expect("listening lock") = Some(bound);
+        tracing::info!(%bound, "replication listener ready");
+        tokio::spawn(primary::serve(
+            endpoint,
+            self.engine.clone(),
+            self.primary_state.clone(),
+            self.head.clone(),
+            self.shutdown.clone(),
+        ));
+        Ok(())
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.read().expect("role lock").clone()
+    }
+
+    /// The primary's address when this node is a replica.
+    pub fn primary(&self) -> Option<String> {
+        match self.role() {
+            Role::Replica { primary } => Some(primary),
+            Role::Primary => None,
+        }
+    }
+
+    /// The replication listener's bound address (primary role).
+    pub fn listening(&self) -> Option<SocketAddr> {
+        *self.listening.lock().expect("listening lock")
+    }
+
+    /// (entries behind, seconds behind) on a replica.
+    pub fn lag(&self) -> Option<(u64, f64)> {
+        self.primary()?;
+        let s = self.replica_status.lock().expect("status lock");
+        Some((s.lag_lsn(), s.lag_seconds()))
+    }
+
+    /// `GET /v1/admin/replication`.
+    pub fn status_json(&self) -> Value {
+        let e = &self.engine;
+        let mut v = json!({
+            "epoch": e.epoch(),
+            "last_lsn": e.last_lsn().0,
+            "epochs": e.epoch_history().iter().map(|(ep, l)| json!({"epoch": ep, "start_lsn": l.0})).collect::<Vec<_>>(),
+        });
+        if let Some(reason) = e.read_only_reason() {
+            v["writes"] = json!("refused");
+            v["read_only_reason"] = json!(reason);
+        } else {
+            v["writes"] = json!("accepted");
+        }
+        match self.role() {
+            Role::Primary => {
+                v["role"] = json!("primary");
+                let last = e.last_lsn();
+                let now = Instant::now();
+                let replicas: Vec<Value> = self
+                    .primary_state
+                    .replicas()
+                    .iter()
+                    .map(|r| {
+                        let lag = last.0.saturating_sub(r.acked_lsn.0);
+                        json!({
+                            "node": r.node,
+                            "addr": r.addr.to_string(),
+                            "acked_lsn": r.acked_lsn.0,
+                            "sent_lsn": r.sent_lsn.0,
+                            "lag_lsn": lag,
+                            "lag_seconds": if lag == 0 { 0.0 } else { now.duration_since(r.acked_at).as_secs_f64() },
+                        })
+                    })
+                    .collect();
+                v["replicas"] = json!(replicas);
+                if let Some(a) = self.listening() {
+                    v["listen"] = json!(a.to_string());
+                }
+            }
+            Role::Replica { primary } => {
+                let s = self.replica_status.lock().expect("status lock");
+                v["role"] = json!("replica");
+                v["primary"] = json!(primary);
+                v["connected"] = json!(s.connected);
+                v["primary_epoch"] = json!(s.primary_epoch);
+                v["primary_last_lsn"] = json!(s.primary_last.0);
+                v["lag_lsn"] = json!(s.lag_lsn());
+                v["lag_seconds"] = json!(s.lag_seconds());
+                v["reconnects"] = json!(s.reconnects);
+                v["quarantined"] = json!(s.quarantined);
+                v["quarantine_files"] = json!(
+                    s.quarantine_files
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                );
+                let h = &s.apply_delay_us;
+                v["apply_delay_ms"] = json!({
+                    "count": h.len(),
+                    "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+                    "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+                    "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+                    "max": h.max() as f64 / 1000.0,
+                });
+                if let Some(err) = &s.last_error {
+                    v["last_error"] = json!(err);
+                }
+                if let Some(r) = &s.refused {
+                    v["refused"] = json!(r);
+                }
+            }
+        }
+        v
+    }
+
+    /// Promotes this replica: at once (`planned = false`: the primary may be gone; entries it had
+    /// not shipped are lost to this node and come back as the old primary's quarantine when it
+    /// rejoins), or as a planned switchover (the primary stops writes, this node applies
+    /// everything, then promotes: nothing is lost). Returns the new status.
+    pub async fn promote(&self, planned: bool) -> Result<Value, PromoteError> {
+        let _one = self.promoting.lock().await;
+        if self.role() == Role::Primary {
+            return Err(PromoteError::AlreadyPrimary);
+        }
+        let control = self
+            .control
+            .lock()
+            .expect("control lock")
+            .clone()
+            .ok_or_else(|| PromoteError::Failed("the follower is not running".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let msg = if planned {
+            Control::Switchover(tx)
+        } else {
+            Control::Promote(tx)
+        };
+        control
+            .send(msg)
+            .await
+            .map_err(|_| PromoteError::Failed("the follower stopped".into()))?;
+        let (epoch, start) = rx
+            .await
+            .map_err(|_| PromoteError::Failed("the follower stopped".into()))?
+            .map_err(PromoteError::Failed)?;
+        // The follower task switches the role right after answering: wait for it.
+        for _ in 0..200 {
+            if self.role() == Role::Primary {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tracing::warn!(epoch, start = start.0, planned, "promotion done");
+        Ok(self.status_json())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    #[error("this node is already the primary")]
+    AlreadyPrimary,
+    #[error("promotion failed: {0}")]
+    Failed(String),
+}
