@@ -20,19 +20,32 @@ node() { # name http repl [primary-repl]
 }
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 last_lsn() { curl -sf "http://127.0.0.1:$1/v1/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_lsn"])'; }
+summary() { # LABEL FILE: events/s and latency of a trackload --json report
+  python3 - "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[2]))
+op = d["ops"]["all"]; l = op["latency"]; batch = d.get("batch") or 1
+print(f"{sys.argv[1]} {op['ok_per_s'] * batch:,.0f} events/s ({op['ok_per_s']:,.0f} req/s), errors {op['errors']}, "
+      f"p50 {l['p50_ms']} ms, p99 {l['p99_ms']} ms, p99.9 {l['p999_ms']} ms, max {l['max_ms']} ms")
+PY
+}
 rss() { awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$1/status"; }
-fresh() { kill "${P:-}" "${R:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W/primary" "$W/replica"; mkdir -p "$W"; certs; }
+stop() { # the servers are not children of this shell (started in $(...)): poll until they are gone
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+}
+fresh() { stop ${P:-} ${R:-}; P= R=; rm -rf "$W/primary" "$W/replica"; mkdir -p "$W"; certs; }
 trap 'kill ${P:-} ${R:-} 2>/dev/null || true' EXIT
 
 case ${1:-lag} in
-lag) # RATE SECONDS: open-loop single-event ingest at RATE on the primary; the replica's apply delay
-  rate=${2:-10000} secs=${3:-30}
+lag) # RATE SECONDS [BATCH]: open-loop ingest of RATE events/s on the primary (single-event requests,
+     # or requests of BATCH events); the replica's apply delay per entry
+  rate=${2:-10000} secs=${3:-30} batch=${4:-1}
+  load=(ingest --rate "$rate")
+  [ "$batch" -gt 1 ] && load=(ingest-batch --batch "$batch" --rate $((rate / batch)))
   fresh; P=$(node primary $PH $PR); wait_ready $PH; R=$(node replica $RH $RR $PR); wait_ready $RH
-  "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --rate "$rate" --duration "${secs}s" --json >"$W/load.json"
+  "$BIN/trackload" "${load[@]}" --url "http://127.0.0.1:$PH" --duration "${secs}s" --json >"$W/load.json"
   sleep 1
-  python3 - "$W/load.json" <<'PY'
-import json,sys; d=json.load(open(sys.argv[1])); print("trackload:", json.dumps({k: d[k] for k in d if k in ("throughput","requests","errors","operations","ops")})[:600])
-PY
+  summary "primary (trackload):" "$W/load.json"
   curl -sf "http://127.0.0.1:$RH/v1/admin/replication" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("replica:", json.dumps({k: d[k] for k in ("apply_delay_ms","lag_lsn","last_lsn","reconnects")}))'
   echo "primary RSS $(rss $P), replica RSS $(rss $R)"
   ;;
@@ -42,7 +55,8 @@ throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without 
     fresh; P=$(node primary $PH $PR); wait_ready $PH
     if [ $with = yes ]; then R=$(node replica $RH $RR $PR); wait_ready $RH; fi
     "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --connections 64 --duration "${secs}s" --json >"$W/tp-$with.json"
-    echo "replica attached: $with"; python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d)[:700])' "$W/tp-$with.json"
+    summary "replica attached: $with:" "$W/tp-$with.json"
+    echo "primary RSS $(rss $P)"
   done
   ;;
 catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN

@@ -324,6 +324,40 @@ fn ingest_open_loop_over_h1_counts_every_scheduled_call() {
     );
 }
 
+/// An open loop far above what two connections can carry: the calls that find their lane's queue
+/// full are counted as `dropped` errors, never skipped, and every scheduled call is accounted for.
+#[test]
+fn an_overloaded_open_loop_counts_dropped_calls_as_errors() {
+    let server = Server::start();
+    let mut a = args(&[
+        "ingest",
+        "--rate",
+        "20000",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--queue",
+        "4",
+        "--json",
+        "--no-progress",
+    ]);
+    a.extend(server.target("h1"));
+    let (ok, out, err) = trackload_raw(&a);
+    assert!(ok, "stderr: {err}");
+    let s: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(u(&s["requests"]), 20_000, "1 s at 20,000/s");
+    let dropped = u(&s["errors_by_status"]["dropped"]);
+    assert!(dropped > 1_000, "{}", s["errors_by_status"]);
+    assert_eq!(u(&s["errors"]), dropped, "{}", s["errors_by_status"]);
+    assert_eq!(u(&s["ok"]) + dropped, 20_000);
+    assert_eq!(u(&s["ops"]["ingest"]["latency"]["count"]), u(&s["ok"]));
+    assert_eq!(
+        u(&s["events"]["created"]) + u(&s["events"]["duplicate"]),
+        u(&s["ok"])
+    );
+}
+
 #[test]
 fn ingest_batch_over_h2() {
     let server = Server::start();

@@ -2,11 +2,16 @@
 //!
 //! A frame on the wire is `length:u32be ‖ kind:u8 ‖ body`, where `length` counts `kind ‖ body` and is
 //! at most [`FRAME_BYTES_MAX`]. Integers are big-endian; strings and byte strings are `len:u32be ‖
-//! bytes`; lists are `count:u32be ‖ items`. One bidirectional QUIC stream per session carries them:
+//! bytes`; lists are `count:u32be ‖ items`; flags are one byte, 0 or 1; the fields follow in the
+//! order the variants below declare them. One bidirectional QUIC stream per session carries them:
 //!
 //! ```text
 //! replica → primary   Hello, then Ack… (and SwitchoverRequest for a planned switchover)
 //! primary → replica   Welcome | Refused, then Entries… and Heartbeat… (SwitchoverReady, Promoted)
+//!
+//! snapshot bootstrap (a node with no store, `Hello.accepts_snapshot`):
+//! primary → replica   SnapshotBegin, (SnapshotFile, SnapshotChunk…)…, SnapshotEnd, end of stream
+//!                     — or Busy (another snapshot is being sent: ask again later)
 //! ```
 //!
 //! Entries carry the engine's own encoding of each stored event (`trackstore_engine::codec`), so the
@@ -14,8 +19,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// The protocol version in `Hello`; a primary refuses any other.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version in `Hello`; a primary refuses any other. Version 2 added snapshot bootstrap
+/// (`Hello.accepts_snapshot` and the `Snapshot*` and `Busy` frames).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest frame accepted (length field), so a peer can never make us buffer more.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Entries in one `Entries` frame, and their encoded bytes (a frame stays far under the maximum).
@@ -25,6 +31,20 @@ pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 const HISTORY_MAX: usize = 100_000;
 /// Bytes of a text field (node names, reasons).
 const TEXT_BYTES_MAX: usize = 4096;
+/// The QUIC close code with which a replica ends a snapshot session once it has read `SnapshotEnd`
+/// and the end of the stream: the primary's proof that the snapshot arrived whole (QUIC's own
+/// acknowledgement of the last bytes can come after the close).
+pub const CLOSE_SNAPSHOT_RECEIVED: u32 = 0x5a;
+/// Bytes of one `SnapshotChunk`: the replica holds at most one chunk (plus one frame being read).
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// Files in one snapshot (a RocksDB checkpoint: SST files of up to 64 MiB, a manifest, a few more).
+pub const SNAPSHOT_FILES_MAX: u32 = 100_000;
+/// Bytes of one snapshot file, and of a whole snapshot: far above any store this machine class
+/// holds, low enough that a lying peer cannot announce an absurd transfer.
+pub const SNAPSHOT_FILE_BYTES_MAX: u64 = 1 << 40;
+pub const SNAPSHOT_BYTES_MAX: u64 = 16 << 40;
+/// Bytes of a snapshot file name (names are checked further by `session::check_snapshot_file_name`).
+pub const SNAPSHOT_NAME_BYTES_MAX: usize = 255;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -37,6 +57,9 @@ pub enum Frame {
         /// The highest epoch the replica has heard of.
         known_epoch: u64,
         last_lsn: u64,
+        /// This node holds no store yet and can install a snapshot instead of following the log
+        /// from LSN 1 (a running replica cannot: its engine is never swapped in place).
+        accepts_snapshot: bool,
     },
     /// The primary accepts: its history and log end, and the LSN it will stream from. A replica whose
     /// log goes past `start_from - 1` holds a divergent tail and must set it aside first.
@@ -72,6 +95,24 @@ pub enum Frame {
     SwitchoverReady { final_lsn: u64 },
     /// The replica was promoted to `epoch`: the primary fences itself.
     Promoted { epoch: u64 },
+    /// A snapshot follows: a consistent copy of the primary's store (a RocksDB checkpoint) holding
+    /// exactly LSNs 1..=`last_lsn` with this epoch `history`, in `files` files of `bytes` bytes.
+    SnapshotBegin {
+        last_lsn: u64,
+        history: Vec<(u64, u64)>,
+        files: u32,
+        bytes: u64,
+    },
+    /// The next file of the snapshot: `size` bytes follow in `SnapshotChunk`s.
+    SnapshotFile { name: String, size: u64 },
+    /// At most [`SNAPSHOT_CHUNK_BYTES_MAX`] bytes of the current file.
+    SnapshotChunk { data: Bytes },
+    /// Every file was sent; `sha256` covers each file's name, size and content in the order sent
+    /// (`session::SnapshotDigest`).
+    SnapshotEnd { sha256: [u8; 32] },
+    /// The primary cannot serve this request now (it is sending a snapshot to another replica):
+    /// ask again after `retry_after_ms`.
+    Busy { reason: String, retry_after_ms: u32 },
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -95,6 +136,11 @@ const ACK: u8 = 6;
 const SWITCHOVER_REQUEST: u8 = 7;
 const SWITCHOVER_READY: u8 = 8;
 const PROMOTED: u8 = 9;
+const SNAPSHOT_BEGIN: u8 = 10;
+const SNAPSHOT_FILE: u8 = 11;
+const SNAPSHOT_CHUNK: u8 = 12;
+const SNAPSHOT_END: u8 = 13;
+const BUSY: u8 = 14;
 
 impl Frame {
     /// Appends the frame, length prefix included, to `out`.
@@ -108,6 +154,7 @@ impl Frame {
                 history,
                 known_epoch,
                 last_lsn,
+                accepts_snapshot,
             } => {
                 out.put_u8(HELLO);
                 out.put_u16(*version);
@@ -115,6 +162,7 @@ impl Frame {
                 put_history(out, history);
                 out.put_u64(*known_epoch);
                 out.put_u64(*last_lsn);
+                out.put_u8(u8::from(*accepts_snapshot));
             }
             Frame::Welcome {
                 history,
@@ -169,6 +217,39 @@ impl Frame {
                 out.put_u8(PROMOTED);
                 out.put_u64(*epoch);
             }
+            Frame::SnapshotBegin {
+                last_lsn,
+                history,
+                files,
+                bytes,
+            } => {
+                out.put_u8(SNAPSHOT_BEGIN);
+                out.put_u64(*last_lsn);
+                put_history(out, history);
+                out.put_u32(*files);
+                out.put_u64(*bytes);
+            }
+            Frame::SnapshotFile { name, size } => {
+                out.put_u8(SNAPSHOT_FILE);
+                put_bytes(out, name.as_bytes());
+                out.put_u64(*size);
+            }
+            Frame::SnapshotChunk { data } => {
+                out.put_u8(SNAPSHOT_CHUNK);
+                put_bytes(out, data);
+            }
+            Frame::SnapshotEnd { sha256 } => {
+                out.put_u8(SNAPSHOT_END);
+                out.put_slice(sha256);
+            }
+            Frame::Busy {
+                reason,
+                retry_after_ms,
+            } => {
+                out.put_u8(BUSY);
+                put_bytes(out, reason.as_bytes());
+                out.put_u32(*retry_after_ms);
+            }
         }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -214,6 +295,17 @@ impl Frame {
                 history: get_history(b)?,
                 known_epoch: get_u64(b)?,
                 last_lsn: get_u64(b)?,
+                // Absent in version 1: such a Hello still decodes, so the primary can refuse its
+                // version by name instead of failing on a short frame.
+                accepts_snapshot: if b.has_remaining() {
+                    match get_u8(b)? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(FrameError::Malformed("accepts_snapshot is not 0 or 1")),
+                    }
+                } else {
+                    false
+                },
             },
             WELCOME => Frame::Welcome {
                 history: get_history(b)?,
@@ -255,6 +347,39 @@ impl Frame {
                 final_lsn: get_u64(b)?,
             },
             PROMOTED => Frame::Promoted { epoch: get_u64(b)? },
+            SNAPSHOT_BEGIN => Frame::SnapshotBegin {
+                last_lsn: get_u64(b)?,
+                history: get_history(b)?,
+                files: get_u32(b)?,
+                bytes: get_u64(b)?,
+            },
+            SNAPSHOT_FILE => {
+                let name = get_text(b)?;
+                if name.len() > SNAPSHOT_NAME_BYTES_MAX {
+                    return Err(FrameError::Malformed("snapshot file name too long"));
+                }
+                Frame::SnapshotFile {
+                    name,
+                    size: get_u64(b)?,
+                }
+            }
+            SNAPSHOT_CHUNK => {
+                let data = get_bytes(b)?;
+                if data.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+                    return Err(FrameError::Malformed("snapshot chunk too large"));
+                }
+                Frame::SnapshotChunk { data }
+            }
+            SNAPSHOT_END => {
+                need(b, 32, "sha256")?;
+                let mut sha256 = [0u8; 32];
+                b.copy_to_slice(&mut sha256);
+                Frame::SnapshotEnd { sha256 }
+            }
+            BUSY => Frame::Busy {
+                reason: get_text(b)?,
+                retry_after_ms: get_u32(b)?,
+            },
             other => return Err(FrameError::UnknownKind(other)),
         })
     }
@@ -345,17 +470,21 @@ mod tests {
                 "[a-z]{0,12}",
                 history(),
                 any::<u64>(),
-                any::<u64>()
+                any::<u64>(),
+                any::<bool>()
             )
-                .prop_map(|(version, node, history, known_epoch, last_lsn)| {
-                    Frame::Hello {
-                        version,
-                        node,
-                        history,
-                        known_epoch,
-                        last_lsn,
+                .prop_map(
+                    |(version, node, history, known_epoch, last_lsn, accepts_snapshot)| {
+                        Frame::Hello {
+                            version,
+                            node,
+                            history,
+                            known_epoch,
+                            last_lsn,
+                            accepts_snapshot,
+                        }
                     }
-                }),
+                ),
             (history(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(history, epoch, last_lsn, start_from)| Frame::Welcome {
                     history,
@@ -387,6 +516,26 @@ mod tests {
             Just(Frame::SwitchoverRequest),
             any::<u64>().prop_map(|final_lsn| Frame::SwitchoverReady { final_lsn }),
             any::<u64>().prop_map(|epoch| Frame::Promoted { epoch }),
+            (any::<u64>(), history(), any::<u32>(), any::<u64>()).prop_map(
+                |(last_lsn, history, files, bytes)| Frame::SnapshotBegin {
+                    last_lsn,
+                    history,
+                    files,
+                    bytes
+                }
+            ),
+            ("[A-Za-z0-9._-]{0,40}", any::<u64>())
+                .prop_map(|(name, size)| Frame::SnapshotFile { name, size }),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|data| {
+                Frame::SnapshotChunk {
+                    data: Bytes::from(data),
+                }
+            }),
+            any::<[u8; 32]>().prop_map(|sha256| Frame::SnapshotEnd { sha256 }),
+            ("\\PC{0,20}", any::<u32>()).prop_map(|(reason, retry_after_ms)| Frame::Busy {
+                reason,
+                retry_after_ms
+            }),
         ]
     }
 
@@ -417,6 +566,67 @@ mod tests {
             let mut buf = BytesMut::from(&bytes[..]);
             let _ = Frame::decode(&mut buf);
         }
+    }
+
+    #[test]
+    fn a_version_1_hello_still_decodes_so_that_its_version_can_be_refused() {
+        let with_flag = Frame::Hello {
+            version: 1,
+            node: "old".into(),
+            history: vec![(1, 1)],
+            known_epoch: 1,
+            last_lsn: 7,
+            accepts_snapshot: false,
+        }
+        .to_bytes();
+        // Version 1 had no `accepts_snapshot` byte at the end.
+        let mut without_flag = BytesMut::from(&with_flag[..with_flag.len() - 1]);
+        let len = (with_flag.len() - 1 - 4) as u32;
+        without_flag[..4].copy_from_slice(&len.to_be_bytes());
+        let Some(Frame::Hello {
+            version,
+            accepts_snapshot,
+            ..
+        }) = Frame::decode(&mut without_flag).expect("decodes")
+        else {
+            panic!("a Hello");
+        };
+        assert_eq!((version, accepts_snapshot), (1, false));
+    }
+
+    #[test]
+    fn snapshot_frames_over_their_bounds_are_refused() {
+        let big = Frame::SnapshotChunk {
+            data: Bytes::from(vec![0u8; SNAPSHOT_CHUNK_BYTES_MAX + 1]),
+        };
+        let mut buf = BytesMut::from(&big.to_bytes()[..]);
+        assert_eq!(
+            Frame::decode(&mut buf),
+            Err(FrameError::Malformed("snapshot chunk too large"))
+        );
+        let long = Frame::SnapshotFile {
+            name: "a".repeat(SNAPSHOT_NAME_BYTES_MAX + 1),
+            size: 1,
+        };
+        let mut buf = BytesMut::from(&long.to_bytes()[..]);
+        assert_eq!(
+            Frame::decode(&mut buf),
+            Err(FrameError::Malformed("snapshot file name too long"))
+        );
+        let mut hello = BytesMut::from(
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                node: String::new(),
+                history: vec![],
+                known_epoch: 0,
+                last_lsn: 0,
+                accepts_snapshot: true,
+            }
+            .to_bytes()[..],
+        );
+        let end = hello.len() - 1;
+        hello[end] = 2;
+        assert!(Frame::decode(&mut hello).is_err(), "a flag is 0 or 1");
     }
 
     #[test]

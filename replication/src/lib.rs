@@ -1,5 +1,5 @@
-//! trackstore's disaster-recovery replication (DESIGN.md §4). This crate grows with the replication
-//! issue; today it holds the pure core that rejoin depends on:
+//! trackstore's disaster-recovery replication (DESIGN.md §4): log shipping over QUIC with mutual TLS,
+//! snapshot bootstrap, promotion with epoch fencing, safe rejoin.
 //!
 //! | module | job |
 //! |---|---|
@@ -7,8 +7,8 @@
 //! | [`frame`] | the protocol's frames and their binary encoding |
 //! | [`session`] | the decisions of both sides of a session (pure; driven by the QUIC shells) |
 //! | [`transport`] | QUIC with mutual TLS, frames over a stream |
-//! | [`primary`] | the primary's listener and sessions |
-//! | [`replica`] | the follower, quarantine of a divergent tail, promotion and switchover |
+//! | [`primary`] | the primary's listener and sessions, snapshots of the store for empty replicas |
+//! | [`replica`] | snapshot bootstrap, the follower, quarantine, promotion and switchover |
 //!
 //! ```
 //! use trackstore_engine::Lsn;

@@ -3,21 +3,32 @@
 //! commit, with heartbeats when idle. The primary never waits for a replica: a session reads the next
 //! batch only when the previous one was handed to QUIC, so a slow replica costs one batch of memory
 //! and QUIC's flow-control window, never more.
+//!
+//! An empty replica far behind (or one that needs entries the log no longer holds) gets a snapshot
+//! instead: a RocksDB checkpoint made under `DATA/snapshots/`, streamed file by file in chunks of at
+//! most 1 MiB (QUIC's flow control again bounds what waits in memory), then deleted. One snapshot
+//! at a time: a second replica asking meanwhile gets `Busy` and asks again later.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use trackstore_engine::{Engine, Lsn, codec};
+use trackstore_engine::store::Tuning;
+use trackstore_engine::{Engine, EngineOptions, Lsn, codec};
 
 use crate::epochs::EpochHistory;
-use crate::frame::{BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, Frame};
-use crate::session::{self, HelloDecision, LogView};
+use crate::frame::{
+    BATCH_BYTES_MAX, BATCH_ENTRIES_MAX, CLOSE_SNAPSHOT_RECEIVED, Frame, SNAPSHOT_BYTES_MAX,
+    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_FILE_BYTES_MAX, SNAPSHOT_FILES_MAX,
+};
+use crate::session::{self, HelloDecision, LogView, SnapshotDigest, SnapshotTerms};
 use crate::transport::{FrameReader, ReplError, write_frame};
 
 /// Heartbeats go out at least this often on an idle session.
@@ -26,6 +37,29 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 pub const REPLICAS_MAX: usize = 16;
 /// How long a replica may take to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the last byte of a snapshot (or a `Busy`) is handed to QUIC, how long the replica may take
+/// to read it all before the connection is dropped.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a replica refused with `Busy` is told to wait before asking again.
+const BUSY_RETRY_MS: u32 = 1_000;
+/// Where snapshots are made, inside the data directory; each is deleted once sent.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// How the primary serves replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrimaryOptions {
+    /// An empty replica gets a snapshot instead of the log once our log reaches this LSN
+    /// (`replication_snapshot_min_lsn`).
+    pub snapshot_min_lsn: u64,
+}
+
+impl Default for PrimaryOptions {
+    fn default() -> PrimaryOptions {
+        PrimaryOptions {
+            snapshot_min_lsn: 1_000_000,
+        }
+    }
+}
 
 /// One connected replica, as the primary sees it.
 #[derive(Clone, Debug)]
@@ -51,6 +85,16 @@ pub struct PrimaryState {
     pub entries_shipped: AtomicU64,
     pub sessions: AtomicU64,
     pub refused: AtomicU64,
+    /// A snapshot is being made or sent now (at most one at a time).
+    pub snapshot_active: AtomicBool,
+    /// Snapshots sent completely and read to the end by their replica.
+    pub snapshots_served: AtomicU64,
+    /// Snapshot transfers that failed part way (the replica installs nothing).
+    pub snapshots_failed: AtomicU64,
+    /// Replicas told `Busy` because another snapshot was in progress.
+    pub snapshots_busy: AtomicU64,
+    /// Bytes of snapshot files sent (complete and failed transfers).
+    pub snapshot_bytes_sent: AtomicU64,
 }
 
 impl PrimaryState {
@@ -77,6 +121,8 @@ pub fn log_view(engine: &Engine) -> LogView {
         epoch: history.current(),
         known_epoch: engine.known_epoch(),
         history,
+        // There is no retention yet: the log holds every LSN from 1.
+        first_lsn: Lsn(1),
         last_lsn: engine.last_lsn(),
     }
 }
@@ -98,9 +144,17 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     engine: Arc<Engine>,
     state: Arc<PrimaryState>,
+    options: PrimaryOptions,
     head: watch::Receiver<Lsn>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Checkpoints left by a crash mid-snapshot: nothing is being sent yet, so all of them are stale.
+    let stale = engine.data_dir().join(SNAPSHOTS_DIR);
+    match tokio::task::spawn_blocking(move || remove_dir_if_present(&stale)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove stale snapshots"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove stale snapshots"),
+    }
     let mut sessions = JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -133,7 +187,7 @@ pub async fn serve(
                     return;
                 }
             };
-            if let Err(e) = session(conn.clone(), engine, state, head, shutdown).await {
+            if let Err(e) = session(conn.clone(), engine, state, options, head, shutdown).await {
                 tracing::warn!(%addr, error = %e, "replication session ended");
                 conn.close(1u32.into(), e.to_string().as_bytes());
             }
@@ -147,6 +201,7 @@ async fn session(
     conn: quinn::Connection,
     engine: Arc<Engine>,
     state: Arc<PrimaryState>,
+    options: PrimaryOptions,
     mut head: watch::Receiver<Lsn>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReplError> {
@@ -165,6 +220,7 @@ async fn session(
         history,
         known_epoch,
         last_lsn,
+        accepts_snapshot,
     }) = hello
     else {
         return Err(ReplError::Protocol("the first frame is not Hello".into()));
@@ -176,6 +232,7 @@ async fn session(
         epoch: replica_history.current(),
         known_epoch,
         history: replica_history,
+        first_lsn: Lsn(1),
         last_lsn: Lsn(last_lsn),
     };
     let view = log_view(&engine);
@@ -185,8 +242,19 @@ async fn session(
         let _ = send.finish();
         return Ok(());
     }
-    let start_from = match session::on_hello(&view, version, &replica) {
+    let terms = SnapshotTerms {
+        replica_accepts: accepts_snapshot,
+        min_lsn: options.snapshot_min_lsn,
+    };
+    let start_from = match session::on_hello(&view, version, &replica, terms) {
         HelloDecision::Welcome { start_from } => start_from,
+        HelloDecision::Snapshot => {
+            let result = send_snapshot(&mut send, &engine, &state, &node, addr).await;
+            if result.is_err() {
+                state.snapshots_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            return result;
+        }
         HelloDecision::StepDown { epoch } => {
             tracing::error!(%node, %addr, epoch, own = view.epoch,
                 "a peer knows a newer epoch: another node was promoted; this node stops accepting writes");
@@ -411,5 +479,239 @@ async fn read_replies(
             }
         }
     }
+    Ok(())
+}
+
+/// The one snapshot slot, released when the transfer ends however it ends.
+struct SnapshotSlot<'a>(&'a AtomicBool);
+
+impl<'a> SnapshotSlot<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<SnapshotSlot<'a>> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| SnapshotSlot(flag))
+    }
+}
+
+impl Drop for SnapshotSlot<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// A checkpoint directory, deleted when dropped: after a complete transfer, and also after an error
+/// or a shutdown part way (the session future is dropped).
+#[derive(Debug)]
+struct CheckpointDir(PathBuf);
+
+impl Drop for CheckpointDir {
+    fn drop(&mut self) {
+        // Hard links and a few small copied files: quick enough to delete in place.
+        if let Err(e) = remove_dir_if_present(&self.0) {
+            tracing::warn!(dir = %self.0.display(), error = %e, "cannot delete a snapshot checkpoint");
+        }
+    }
+}
+
+fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A checkpoint ready to send: what it holds and its files (name, size), in sending order.
+#[derive(Debug)]
+struct Checkpoint {
+    last_lsn: Lsn,
+    history: Vec<(u64, Lsn)>,
+    files: Vec<(String, u64)>,
+    bytes: u64,
+}
+
+/// Files of a RocksDB directory that a copy must not carry: the lock and the informational logs.
+fn skipped_file(name: &str) -> bool {
+    name == "LOCK" || name == "LOG" || name.starts_with("LOG.old.")
+}
+
+/// Makes a checkpoint of `engine` in `dir` and lists its files (blocking).
+fn make_checkpoint(engine: &Engine, dir: &Path) -> Result<Checkpoint, ReplError> {
+    engine.checkpoint(dir)?;
+    // Writes go on while the checkpoint is made, so only the checkpoint itself knows which LSNs it
+    // holds: open it to read its end and its epochs. A small cache: nothing is queried.
+    let copy = Engine::open(
+        dir,
+        EngineOptions {
+            tuning: Tuning {
+                block_cache_bytes: 8 << 20,
+                ..Tuning::default()
+            },
+            ..EngineOptions::default()
+        },
+    )?;
+    let (last_lsn, history) = (copy.last_lsn(), copy.epoch_history());
+    copy.close();
+    let db = trackstore_engine::db_path(dir);
+    let io = |e: std::io::Error| ReplError::Snapshot(format!("{}: {e}", db.display()));
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&db).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|n| ReplError::Snapshot(format!("checkpoint file name {n:?} is not UTF-8")))?;
+        if skipped_file(&name) {
+            continue;
+        }
+        let meta = entry.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(ReplError::Snapshot(format!(
+                "the checkpoint holds {name:?}, which is not a regular file"
+            )));
+        }
+        session::check_snapshot_file_name(&name).map_err(ReplError::Snapshot)?;
+        if meta.len() > SNAPSHOT_FILE_BYTES_MAX {
+            return Err(ReplError::Snapshot(format!(
+                "checkpoint file {name} holds {} bytes, over the {SNAPSHOT_FILE_BYTES_MAX}-byte limit",
+                meta.len()
+            )));
+        }
+        files.push((name, meta.len()));
+    }
+    files.sort();
+    let bytes = files.iter().map(|(_, n)| n).sum();
+    if files.len() > SNAPSHOT_FILES_MAX as usize || bytes > SNAPSHOT_BYTES_MAX {
+        return Err(ReplError::Snapshot(format!(
+            "the checkpoint holds {} files of {bytes} bytes, over the limits ({SNAPSHOT_FILES_MAX} \
+             files, {SNAPSHOT_BYTES_MAX} bytes)",
+            files.len()
+        )));
+    }
+    Ok(Checkpoint {
+        last_lsn,
+        history,
+        files,
+        bytes,
+    })
+}
+
+/// Waits (bounded) until the replica has read everything sent, so that dropping the connection
+/// afterwards cannot cut off the end. True when it did: QUIC acknowledged every byte, or the replica
+/// closed the connection saying it read the whole snapshot.
+async fn delivered(send: &mut quinn::SendStream) -> bool {
+    let _ = send.finish();
+    match tokio::time::timeout(DELIVERY_TIMEOUT, send.stopped()).await {
+        Ok(Ok(None)) => true,
+        Ok(Err(quinn::StoppedError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(close),
+        ))) => close.error_code == quinn::VarInt::from_u32(CLOSE_SNAPSHOT_RECEIVED),
+        _ => false,
+    }
+}
+
+/// Makes a checkpoint, streams it, deletes it. At most one at a time: a replica asking while
+/// another transfer runs is told `Busy`.
+async fn send_snapshot(
+    send: &mut quinn::SendStream,
+    engine: &Arc<Engine>,
+    state: &PrimaryState,
+    node: &str,
+    addr: SocketAddr,
+) -> Result<(), ReplError> {
+    let Some(_slot) = SnapshotSlot::take(&state.snapshot_active) else {
+        state.snapshots_busy.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%node, %addr, "snapshot asked for while another is sent: busy");
+        write_frame(
+            send,
+            &Frame::Busy {
+                reason: "another replica is receiving a snapshot; ask again later".into(),
+                retry_after_ms: BUSY_RETRY_MS,
+            },
+        )
+        .await?;
+        delivered(send).await;
+        return Ok(());
+    };
+    let started = Instant::now();
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let dir = CheckpointDir(
+        engine
+            .data_dir()
+            .join(SNAPSHOTS_DIR)
+            .join(format!("{}-{id}", now_ms())),
+    );
+    let (e, path) = (engine.clone(), dir.0.clone());
+    let cp = tokio::task::spawn_blocking(move || make_checkpoint(&e, &path))
+        .await
+        .map_err(|e| ReplError::Protocol(e.to_string()))??;
+    tracing::info!(%node, %addr, last_lsn = cp.last_lsn.0, files = cp.files.len(), bytes = cp.bytes,
+        "sending a snapshot");
+    write_frame(
+        send,
+        &Frame::SnapshotBegin {
+            last_lsn: cp.last_lsn.0,
+            history: cp.history.iter().map(|(e, l)| (*e, l.0)).collect(),
+            files: cp.files.len() as u32,
+            bytes: cp.bytes,
+        },
+    )
+    .await?;
+    let db = trackstore_engine::db_path(&dir.0);
+    let mut digest = SnapshotDigest::default();
+    for (name, size) in &cp.files {
+        let path = db.join(name);
+        let io = |e: std::io::Error| ReplError::Snapshot(format!("{}: {e}", path.display()));
+        let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
+        write_frame(
+            send,
+            &Frame::SnapshotFile {
+                name: name.clone(),
+                size: *size,
+            },
+        )
+        .await?;
+        digest.file(name, *size);
+        let mut left = *size;
+        while left > 0 {
+            let mut chunk = vec![0u8; left.min(SNAPSHOT_CHUNK_BYTES_MAX as u64) as usize];
+            // A short file fails here: the checkpoint's files do not change once made.
+            file.read_exact(&mut chunk).await.map_err(io)?;
+            digest.data(&chunk);
+            left -= chunk.len() as u64;
+            state
+                .snapshot_bytes_sent
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            write_frame(
+                send,
+                &Frame::SnapshotChunk {
+                    data: Bytes::from(chunk),
+                },
+            )
+            .await?;
+        }
+        if file.read(&mut [0u8; 1]).await.map_err(io)? != 0 {
+            return Err(ReplError::Snapshot(format!(
+                "{} grew while it was sent",
+                path.display()
+            )));
+        }
+    }
+    write_frame(
+        send,
+        &Frame::SnapshotEnd {
+            sha256: digest.finish(),
+        },
+    )
+    .await?;
+    // Every byte is in QUIC's hands now: the checkpoint is not needed any more.
+    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+    if !delivered(send).await {
+        return Err(ReplError::Connection(
+            "the replica did not read the whole snapshot".into(),
+        ));
+    }
+    state.snapshots_served.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(%node, %addr, last_lsn = cp.last_lsn.0, bytes = cp.bytes,
+        seconds = started.elapsed().as_secs_f64(), "snapshot sent");
     Ok(())
 }

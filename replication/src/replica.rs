@@ -2,26 +2,46 @@
 //! `Welcome` says so (quarantine file, then truncation), apply each batch atomically through the
 //! engine's append path, acknowledge it; reconnect with backoff when anything breaks. Promotion runs
 //! here too, so that no batch can be applied after the node became a primary.
+//!
+//! Snapshot bootstrap runs before all that, before the engine opens: a node with no store asks the
+//! primary for a snapshot ([`bootstrap`]), receives its files into `DATA/snapshot.incoming/db/`
+//! ([`SnapshotReceiver`] checks every frame), verifies the result as `trackctl verify` does, and
+//! renames it to `DATA/db`. The running engine is never swapped in place.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use trackstore_engine::{Engine, Lsn, codec};
+use trackstore_engine::{Engine, EngineOptions, Lsn, codec};
 
 use crate::epochs::EpochHistory;
-use crate::frame::{Frame, PROTOCOL_VERSION};
+use crate::frame::{
+    CLOSE_SNAPSHOT_RECEIVED, Frame, PROTOCOL_VERSION, SNAPSHOT_BYTES_MAX, SNAPSHOT_FILE_BYTES_MAX,
+    SNAPSHOT_FILES_MAX,
+};
 use crate::primary::log_view;
-use crate::session::Follower;
-use crate::transport::{FrameReader, ReplError, write_frame};
+use crate::session::{self, Follower, SnapshotDigest};
+use crate::transport::{FrameReader, NodeTls, ReplError, write_frame};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long a planned switchover waits for the primary to stop and for the last entries.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long bootstrap waits for the primary's handshake before starting without a snapshot.
+const BOOTSTRAP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on the wait a `Busy` primary asks for.
+const BUSY_WAIT_MIN: Duration = Duration::from_millis(100);
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Snapshot transfers cut off part way (the connection broke) before bootstrap gives up.
+const BOOTSTRAP_TRANSFERS_MAX: u32 = 3;
+/// Where a snapshot is received, inside the data directory (its `db/` becomes `DATA/db`).
+pub const INCOMING_DIR: &str = "snapshot.incoming";
 
 /// Where to follow from and how to introduce ourselves.
 #[derive(Clone, Debug)]
@@ -55,6 +75,19 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     /// Set when the primary refused us because it knows a newer epoch, or similar.
     pub refused: Option<String>,
+    /// This start installed a snapshot before the engine opened.
+    pub bootstrapped_from_snapshot: Option<SnapshotInstalled>,
+}
+
+/// What a snapshot bootstrap installed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotInstalled {
+    /// The snapshot holds LSNs 1..=last_lsn; following resumes after it.
+    pub last_lsn: Lsn,
+    /// Bytes of snapshot files received.
+    pub bytes: u64,
+    /// From the first connection attempt to the installed store.
+    pub seconds: f64,
 }
 
 impl Default for ReplicaStatus {
@@ -75,6 +108,7 @@ impl Default for ReplicaStatus {
             quarantine_files: Vec::new(),
             last_error: None,
             refused: None,
+            bootstrapped_from_snapshot: None,
         }
     }
 }
@@ -253,6 +287,8 @@ async fn session(
                 .collect(),
             known_epoch: local.known_epoch,
             last_lsn: local.last_lsn.0,
+            // Our engine is open: a snapshot can only be installed by a restart without a store.
+            accepts_snapshot: false,
         },
     )
     .await?;
@@ -309,6 +345,17 @@ async fn session(
             return Err(ReplError::Protocol(format!(
                 "the primary refused: {reason}"
             )));
+        }
+        Some(Frame::SnapshotBegin { last_lsn, .. }) => {
+            // We said we cannot take one; a primary that sends one anyway gets nothing installed.
+            let reason = format!(
+                "the primary sent a snapshot (up to LSN {last_lsn}) that this running replica \
+                 cannot install: stop this node, move its data directory aside and start it again \
+                 to bootstrap from a snapshot"
+            );
+            status.lock().expect("status lock").refused = Some(reason.clone());
+            conn.close(0u32.into(), b"cannot install a snapshot while running");
+            return Err(ReplError::Snapshot(reason));
         }
         Some(other) => {
             return Err(ReplError::Protocol(format!(
@@ -562,4 +609,759 @@ pub fn quarantine_and_truncate(
         )));
     }
     Ok((path, removed))
+}
+
+/// One step of a snapshot transfer, for the caller to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotStep {
+    /// Create this new file; `complete` when it is empty (nothing follows for it).
+    File { name: String, complete: bool },
+    /// Append to the current file; `complete` when these are its last bytes (sync it).
+    Data { data: Bytes, complete: bool },
+    /// Every announced file arrived whole and the digest matches.
+    End,
+}
+
+/// The receiving side of a snapshot, without I/O: checks each frame against what `SnapshotBegin`
+/// announced and against the bounds (names, sizes, counts), tracks the digest, and says what to
+/// write. Holds no file data: the caller writes each chunk before taking the next frame.
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    last_lsn: Lsn,
+    history: Vec<(u64, Lsn)>,
+    files: u32,
+    bytes: u64,
+    files_seen: u32,
+    /// Bytes announced by the files seen so far (each file's size counts once it is announced).
+    bytes_announced: u64,
+    bytes_received: u64,
+    /// The file being received and the bytes it still lacks.
+    current: Option<(String, u64)>,
+    names: HashSet<String>,
+    digest: SnapshotDigest,
+    ended: bool,
+}
+
+fn bad(message: String) -> ReplError {
+    ReplError::Snapshot(message)
+}
+
+impl SnapshotReceiver {
+    /// Checks a `SnapshotBegin`.
+    pub fn begin(
+        last_lsn: u64,
+        history: Vec<(u64, u64)>,
+        files: u32,
+        bytes: u64,
+    ) -> Result<SnapshotReceiver, ReplError> {
+        if files > SNAPSHOT_FILES_MAX {
+            return Err(bad(format!(
+                "{files} files announced; at most {SNAPSHOT_FILES_MAX} are accepted"
+            )));
+        }
+        if bytes > SNAPSHOT_BYTES_MAX {
+            return Err(bad(format!(
+                "{bytes} bytes announced; at most {SNAPSHOT_BYTES_MAX} are accepted"
+            )));
+        }
+        let history: Vec<(u64, Lsn)> = history.into_iter().map(|(e, l)| (e, Lsn(l))).collect();
+        EpochHistory::new(history.clone()).map_err(|e| bad(format!("the snapshot's {e}")))?;
+        if history.is_empty() {
+            return Err(bad("the snapshot has no epoch history".into()));
+        }
+        Ok(SnapshotReceiver {
+            last_lsn: Lsn(last_lsn),
+            history,
+            files,
+            bytes,
+            files_seen: 0,
+            bytes_announced: 0,
+            bytes_received: 0,
+            current: None,
+            names: HashSet::new(),
+            digest: SnapshotDigest::default(),
+            ended: false,
+        })
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    pub fn history(&self) -> &[(u64, Lsn)] {
+        &self.history
+    }
+
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// The next frame of the transfer.
+    pub fn on_frame(&mut self, frame: Frame) -> Result<SnapshotStep, ReplError> {
+        if self.ended {
+            return Err(bad("a frame after SnapshotEnd".into()));
+        }
+        match frame {
+            Frame::SnapshotFile { name, size } => {
+                if let Some((current, left)) = &self.current {
+                    return Err(bad(format!(
+                        "file {name:?} started while {current:?} still lacks {left} bytes"
+                    )));
+                }
+                session::check_snapshot_file_name(&name).map_err(bad)?;
+                if self.files_seen == self.files {
+                    return Err(bad(format!(
+                        "file {name:?} is one more than the {} announced",
+                        self.files
+                    )));
+                }
+                if size > SNAPSHOT_FILE_BYTES_MAX
+                    || self.bytes_announced.saturating_add(size) > self.bytes
+                {
+                    return Err(bad(format!(
+                        "file {name:?} of {size} bytes goes past the {} bytes announced",
+                        self.bytes
+                    )));
+                }
+                if !self.names.insert(name.clone()) {
+                    return Err(bad(format!("file {name:?} is sent twice")));
+                }
+                self.files_seen += 1;
+                self.bytes_announced += size;
+                self.digest.file(&name, size);
+                let complete = size == 0;
+                if !complete {
+                    self.current = Some((name.clone(), size));
+                }
+                Ok(SnapshotStep::File { name, complete })
+            }
+            Frame::SnapshotChunk { data } => {
+                let Some((name, left)) = &mut self.current else {
+                    return Err(bad("a chunk outside any file".into()));
+                };
+                if data.is_empty() {
+                    return Err(bad(format!("an empty chunk in {name:?}")));
+                }
+                if data.len() as u64 > *left {
+                    return Err(bad(format!(
+                        "a chunk of {} bytes overruns {name:?}, which lacks {left}",
+                        data.len()
+                    )));
+                }
+                *left -= data.len() as u64;
+                let complete = *left == 0;
+                if complete {
+                    self.current = None;
+                }
+                self.bytes_received += data.len() as u64;
+                self.digest.data(&data);
+                Ok(SnapshotStep::Data { data, complete })
+            }
+            Frame::SnapshotEnd { sha256 } => {
+                if let Some((name, left)) = &self.current {
+                    return Err(bad(format!(
+                        "the snapshot ended while {name:?} lacks {left} bytes"
+                    )));
+                }
+                if self.files_seen != self.files || self.bytes_received != self.bytes {
+                    return Err(bad(format!(
+                        "the snapshot ended after {} files of {} bytes; {} files of {} bytes were \
+                         announced",
+                        self.files_seen, self.bytes_received, self.files, self.bytes
+                    )));
+                }
+                self.ended = true;
+                if std::mem::take(&mut self.digest).finish() != sha256 {
+                    return Err(bad(
+                        "the SHA-256 of the files received differs from the primary's".into(),
+                    ));
+                }
+                Ok(SnapshotStep::End)
+            }
+            other => Err(bad(format!(
+                "unexpected frame during a snapshot: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The outcome of [`bootstrap`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bootstrap {
+    /// A snapshot was received, verified and installed as `DATA/db`.
+    Installed(SnapshotInstalled),
+    /// The primary streams its log from LSN 1 instead: start with an empty store.
+    FromLog,
+    /// No snapshot could be asked for (primary unreachable, certificate refused, session refused):
+    /// start with an empty store; the follower keeps trying and reports why.
+    Unavailable(String),
+}
+
+/// What one bootstrap connection ended with.
+enum Attempt {
+    Done(Bootstrap),
+    Busy(Duration),
+}
+
+fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ReplError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| bad(format!("syncing {}: {e}", dir.display())))
+}
+
+/// For a node that holds no store yet (`DATA/db` absent), before its engine opens: asks `primary`
+/// for a snapshot and installs it as `DATA/db` if the primary sends one (its log is long, or no
+/// longer holds LSN 1). Waits while the primary is `Busy` with another replica's snapshot, and asks
+/// again after a transfer cut off part way (up to 3 transfers). An error means a snapshot was
+/// received and failed its checks, or every transfer was cut off: nothing was installed.
+pub async fn bootstrap(
+    data_dir: &Path,
+    tls: &NodeTls,
+    primary: &str,
+    node: &str,
+) -> Result<Bootstrap, ReplError> {
+    let started = Instant::now();
+    let incoming = data_dir.join(INCOMING_DIR);
+    // What a crash in the middle of an earlier bootstrap left: never installed, start again.
+    let leftover = incoming.clone();
+    tokio::task::spawn_blocking(move || remove_dir_if_present(&leftover))
+        .await
+        .map_err(|e| ReplError::Protocol(e.to_string()))?
+        .map_err(|e| bad(format!("removing {}: {e}", incoming.display())))?;
+    let client = tls.client_config()?;
+    let bind: SocketAddr = if primary.starts_with('[') {
+        "[::]:0".parse().expect("a valid address")
+    } else {
+        "0.0.0.0:0".parse().expect("a valid address")
+    };
+    let endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| ReplError::Connection(format!("binding {bind}: {e}")))?;
+    let mut transfers = 0;
+    let result = loop {
+        match bootstrap_once(&endpoint, &client, primary, node, data_dir, started).await {
+            Ok(Attempt::Busy(wait)) => {
+                tracing::info!(
+                    wait_ms = wait.as_millis() as u64,
+                    "the primary is sending a snapshot to another replica; asking again"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Attempt::Done(outcome)) => break Ok(outcome),
+            // Only a broken connection is worth another transfer; a snapshot that arrived whole
+            // and failed its checks would fail the same way again.
+            Err(e @ ReplError::Connection(_)) if transfers + 1 < BOOTSTRAP_TRANSFERS_MAX => {
+                transfers += 1;
+                tracing::warn!(error = %e, attempt = transfers, "snapshot transfer cut off; asking again");
+                let leftover = incoming.clone();
+                tokio::task::spawn_blocking(move || remove_dir_if_present(&leftover))
+                    .await
+                    .map_err(|e| ReplError::Protocol(e.to_string()))?
+                    .map_err(|e| bad(format!("removing {}: {e}", incoming.display())))?;
+                tokio::time::sleep(BACKOFF_MAX).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    endpoint.close(0u32.into(), b"bootstrap done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    if result.is_err() {
+        let leftover = incoming.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_dir_if_present(&leftover)).await;
+    }
+    result
+}
+
+async fn bootstrap_once(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    primary: &str,
+    node: &str,
+    data_dir: &Path,
+    started: Instant,
+) -> Result<Attempt, ReplError> {
+    let unavailable = |e: String| Ok(Attempt::Done(Bootstrap::Unavailable(e)));
+    let connected = tokio::time::timeout(BOOTSTRAP_CONNECT_TIMEOUT, async {
+        let addr = tokio::net::lookup_host(primary)
+            .await
+            .map_err(|e| format!("resolving {primary}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{primary} resolves to nothing"))?;
+        let server_name = primary
+            .rsplit_once(':')
+            .map_or(primary, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let conn = endpoint
+            .connect_with(client.clone(), addr, server_name)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((conn, send, recv))
+    })
+    .await;
+    let (conn, mut send, recv) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return unavailable(e),
+        Err(_) => {
+            return unavailable(format!(
+                "no answer from {primary} within {} s",
+                BOOTSTRAP_CONNECT_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    let mut reader = FrameReader::new(recv);
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        node: node.to_owned(),
+        history: Vec::new(),
+        known_epoch: 0,
+        last_lsn: 0,
+        accepts_snapshot: true,
+    };
+    if let Err(e) = write_frame(&mut send, &hello).await {
+        return unavailable(e.to_string());
+    }
+    // With TLS 1.3 a certificate the primary rejects shows up here, on the first read.
+    let mut rx = match reader.next().await {
+        Ok(Some(Frame::SnapshotBegin {
+            last_lsn,
+            history,
+            files,
+            bytes,
+        })) => SnapshotReceiver::begin(last_lsn, history, files, bytes)?,
+        Ok(Some(Frame::Welcome { .. })) => {
+            conn.close(0u32.into(), b"following the log");
+            return Ok(Attempt::Done(Bootstrap::FromLog));
+        }
+        Ok(Some(Frame::Busy { retry_after_ms, .. })) => {
+            conn.close(0u32.into(), b"busy");
+            let wait = Duration::from_millis(u64::from(retry_after_ms));
+            return Ok(Attempt::Busy(wait.clamp(BUSY_WAIT_MIN, BUSY_WAIT_MAX)));
+        }
+        Ok(Some(Frame::Refused { reason, .. })) => {
+            return unavailable(format!("the primary refused: {reason}"));
+        }
+        Ok(Some(other)) => return unavailable(format!("the primary answered {other:?}")),
+        Ok(None) => return unavailable("the primary closed the stream".into()),
+        Err(e) => return unavailable(e.to_string()),
+    };
+    tracing::info!(
+        last_lsn = rx.last_lsn().0,
+        "receiving a snapshot from the primary"
+    );
+    receive_files(&mut reader, &mut rx, &data_dir.join(INCOMING_DIR)).await?;
+    // Only now: the close code tells the primary that every byte arrived.
+    conn.close(CLOSE_SNAPSHOT_RECEIVED.into(), b"snapshot received");
+    let (data, last_lsn, history) = (data_dir.to_owned(), rx.last_lsn(), rx.history().to_vec());
+    tokio::task::spawn_blocking(move || verify_and_install(&data, last_lsn, &history))
+        .await
+        .map_err(|e| ReplError::Protocol(e.to_string()))??;
+    Ok(Attempt::Done(Bootstrap::Installed(SnapshotInstalled {
+        last_lsn,
+        bytes: rx.bytes_received(),
+        seconds: started.elapsed().as_secs_f64(),
+    })))
+}
+
+/// Writes the snapshot's files into `incoming/db/` as they arrive (one chunk in memory at a time),
+/// syncing each file and the directory.
+async fn receive_files(
+    reader: &mut FrameReader,
+    rx: &mut SnapshotReceiver,
+    incoming: &Path,
+) -> Result<(), ReplError> {
+    let db = trackstore_engine::db_path(incoming);
+    let io = |what: &Path, e: std::io::Error| bad(format!("{}: {e}", what.display()));
+    tokio::fs::create_dir_all(&db)
+        .await
+        .map_err(|e| io(&db, e))?;
+    let mut file: Option<(PathBuf, tokio::fs::File)> = None;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                return Err(ReplError::Connection(
+                    "the primary ended the snapshot stream before SnapshotEnd".into(),
+                ));
+            }
+            Err(e @ ReplError::Frame(_)) => return Err(bad(e.to_string())),
+            Err(e) => {
+                return Err(ReplError::Connection(format!(
+                    "the snapshot transfer broke: {e}"
+                )));
+            }
+        };
+        match rx.on_frame(frame)? {
+            SnapshotStep::File { name, complete } => {
+                let path = db.join(&name);
+                let f = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .await
+                    .map_err(|e| io(&path, e))?;
+                if complete {
+                    f.sync_all().await.map_err(|e| io(&path, e))?;
+                } else {
+                    file = Some((path, f));
+                }
+            }
+            SnapshotStep::Data { data, complete } => {
+                // The receiver only yields data for a file it announced and left open.
+                let (path, f) = file.as_mut().expect("a file is open for its chunks");
+                f.write_all(&data).await.map_err(|e| io(path, e))?;
+                if complete {
+                    f.sync_all().await.map_err(|e| io(path, e))?;
+                    file = None;
+                }
+            }
+            SnapshotStep::End => break,
+        }
+    }
+    // Nothing may follow the end: a primary that keeps sending is not speaking this protocol.
+    match reader.next().await {
+        Ok(None) => {}
+        Ok(Some(other)) => return Err(bad(format!("{other:?} after SnapshotEnd"))),
+        Err(e) => return Err(bad(format!("after SnapshotEnd: {e}"))),
+    }
+    let dir = db.clone();
+    tokio::task::spawn_blocking(move || sync_dir(&dir))
+        .await
+        .map_err(|e| ReplError::Protocol(e.to_string()))?
+}
+
+/// Opens the store received in `DATA/snapshot.incoming`, runs the checks of `trackctl verify` on it,
+/// checks it ends at `last_lsn` with this epoch `history`, closes it, then renames its `db/` to
+/// `DATA/db` (atomic: a crash leaves either no store or the whole one) and syncs `DATA`. On any
+/// failure nothing is installed. Blocking.
+pub fn verify_and_install(
+    data_dir: &Path,
+    last_lsn: Lsn,
+    history: &[(u64, Lsn)],
+) -> Result<(), ReplError> {
+    let incoming = data_dir.join(INCOMING_DIR);
+    let engine = Engine::open(&incoming, EngineOptions::default())
+        .map_err(|e| bad(format!("the snapshot does not open as a store: {e}")))?;
+    let report = engine
+        .verify()
+        .map_err(|e| bad(format!("verifying the snapshot: {e}")))?;
+    if !report.is_ok() {
+        return Err(bad(format!(
+            "the snapshot fails verification with {} problem(s): {}",
+            report.problem_count,
+            report.problems.join("; ")
+        )));
+    }
+    if engine.last_lsn() != last_lsn {
+        return Err(bad(format!(
+            "the snapshot ends at LSN {} but the primary announced {last_lsn}",
+            engine.last_lsn()
+        )));
+    }
+    if engine.epoch_history() != history {
+        return Err(bad(format!(
+            "the snapshot's epoch history {:?} differs from the announced {history:?}",
+            engine.epoch_history()
+        )));
+    }
+    engine.close();
+    let target = trackstore_engine::db_path(data_dir);
+    if target.exists() {
+        return Err(bad(format!(
+            "{} appeared during the bootstrap; the snapshot is not installed over it",
+            target.display()
+        )));
+    }
+    std::fs::rename(trackstore_engine::db_path(&incoming), &target)
+        .map_err(|e| bad(format!("installing {}: {e}", target.display())))?;
+    sync_dir(data_dir)?;
+    remove_dir_if_present(&incoming)
+        .map_err(|e| bad(format!("removing {}: {e}", incoming.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames of a well-formed transfer of `files`, with the primary's digest at the end.
+    fn transfer(files: &[(&str, &[u8])], chunk: usize) -> (Frame, Vec<Frame>) {
+        let mut digest = SnapshotDigest::default();
+        let mut frames = Vec::new();
+        for (name, data) in files {
+            digest.file(name, data.len() as u64);
+            frames.push(Frame::SnapshotFile {
+                name: (*name).into(),
+                size: data.len() as u64,
+            });
+            for piece in data.chunks(chunk) {
+                digest.data(piece);
+                frames.push(Frame::SnapshotChunk {
+                    data: Bytes::copy_from_slice(piece),
+                });
+            }
+        }
+        frames.push(Frame::SnapshotEnd {
+            sha256: digest.finish(),
+        });
+        let begin = Frame::SnapshotBegin {
+            last_lsn: 42,
+            history: vec![(1, 1), (2, 30)],
+            files: files.len() as u32,
+            bytes: files.iter().map(|(_, d)| d.len() as u64).sum(),
+        };
+        (begin, frames)
+    }
+
+    fn receiver(begin: Frame) -> Result<SnapshotReceiver, ReplError> {
+        let Frame::SnapshotBegin {
+            last_lsn,
+            history,
+            files,
+            bytes,
+        } = begin
+        else {
+            panic!("a SnapshotBegin");
+        };
+        SnapshotReceiver::begin(last_lsn, history, files, bytes)
+    }
+
+    /// Feeds every frame; the first error, or the steps.
+    fn run(begin: Frame, frames: Vec<Frame>) -> Result<Vec<SnapshotStep>, String> {
+        let mut rx = receiver(begin).map_err(|e| e.to_string())?;
+        frames
+            .into_iter()
+            .map(|f| rx.on_frame(f).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    const FILES: &[(&str, &[u8])] = &[
+        ("000009.sst", b"sorted strings"),
+        ("CURRENT", b"MANIFEST-000005\n"),
+        ("IDENTITY", b""),
+    ];
+
+    #[test]
+    fn a_whole_transfer_says_what_to_write_and_ends_once() {
+        let (begin, frames) = transfer(FILES, 4);
+        let mut rx = receiver(begin).expect("valid begin");
+        assert_eq!(rx.last_lsn(), Lsn(42));
+        assert_eq!(rx.history(), &[(1, Lsn(1)), (2, Lsn(30))]);
+        let steps: Vec<SnapshotStep> = frames
+            .into_iter()
+            .map(|f| rx.on_frame(f).expect("valid frame"))
+            .collect();
+        assert_eq!(
+            steps[0],
+            SnapshotStep::File {
+                name: "000009.sst".into(),
+                complete: false
+            }
+        );
+        assert_eq!(
+            steps[4],
+            SnapshotStep::Data {
+                data: Bytes::from_static(b"gs"),
+                complete: true
+            }
+        );
+        assert!(steps.contains(&SnapshotStep::File {
+            name: "IDENTITY".into(),
+            complete: true
+        }));
+        assert_eq!(steps.last(), Some(&SnapshotStep::End));
+        assert_eq!(rx.bytes_received(), 30);
+        let again = rx.on_frame(Frame::SnapshotEnd { sha256: [0; 32] });
+        assert!(again.is_err(), "nothing after the end");
+    }
+
+    #[test]
+    fn a_wrong_sha256_is_refused() {
+        let (begin, mut frames) = transfer(FILES, 5);
+        let Some(Frame::SnapshotEnd { sha256 }) = frames.last_mut() else {
+            panic!("ends with SnapshotEnd");
+        };
+        sha256[0] ^= 1;
+        let err = run(begin, frames).expect_err("a wrong digest");
+        assert!(err.contains("SHA-256"), "{err}");
+        // The same bytes under another order of files do not match either.
+        let (begin, _) = transfer(FILES, 5);
+        let (_, mut swapped) = transfer(&[FILES[1], FILES[0], FILES[2]], 5);
+        let (_, right) = transfer(FILES, 5);
+        *swapped.last_mut().expect("end") = right.last().expect("end").clone();
+        assert!(run(begin, swapped).is_err());
+    }
+
+    #[test]
+    fn a_bad_or_repeated_file_name_is_refused() {
+        for name in [
+            "../db",
+            "a/b",
+            "..",
+            ".",
+            "",
+            "/etc/passwd",
+            "x\0y",
+            ".hidden",
+        ] {
+            let (begin, frames) = transfer(&[(name, b"x")], 4);
+            let err = run(begin, frames).expect_err(name);
+            assert!(err.contains("snapshot file name"), "{name:?}: {err}");
+        }
+        let (begin, frames) = transfer(&[("CURRENT", b"a"), ("CURRENT", b"b")], 4);
+        let err = run(begin, frames).expect_err("twice");
+        assert!(err.contains("sent twice"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_counts_must_match_what_was_announced() {
+        // A chunk longer than its file.
+        let (begin, mut frames) = transfer(&[("a", b"abc")], 4);
+        frames.insert(
+            1,
+            Frame::SnapshotChunk {
+                data: Bytes::from_static(b"abcd"),
+            },
+        );
+        assert!(
+            run(begin, frames)
+                .expect_err("overrun")
+                .contains("overruns")
+        );
+        // A file announced past the total.
+        let (mut begin, frames) = transfer(FILES, 4);
+        if let Frame::SnapshotBegin { bytes, .. } = &mut begin {
+            *bytes -= 1;
+        }
+        assert!(run(begin, frames).is_err());
+        // One more file than announced.
+        let (mut begin, frames) = transfer(FILES, 4);
+        if let Frame::SnapshotBegin { files, bytes, .. } = &mut begin {
+            *files -= 1;
+            *bytes += 100;
+        }
+        assert!(
+            run(begin, frames)
+                .expect_err("extra file")
+                .contains("one more")
+        );
+        // The end before the last file is whole, or before every file came.
+        let (begin, mut frames) = transfer(FILES, 4);
+        frames.remove(frames.len() - 3);
+        assert!(run(begin, frames).expect_err("short").contains("lacks"));
+        let (mut begin, frames) = transfer(FILES, 4);
+        if let Frame::SnapshotBegin { files, bytes, .. } = &mut begin {
+            *files += 1;
+            *bytes += 1;
+        }
+        assert!(
+            run(begin, frames)
+                .expect_err("missing file")
+                .contains("announced")
+        );
+        // A new file while the current one lacks bytes; a chunk outside any file.
+        let (begin, mut frames) = transfer(FILES, 4);
+        frames.remove(1);
+        assert!(run(begin, frames).is_err());
+        let (begin, mut frames) = transfer(FILES, 4);
+        frames.insert(
+            0,
+            Frame::SnapshotChunk {
+                data: Bytes::from_static(b"x"),
+            },
+        );
+        assert!(run(begin, frames).expect_err("stray").contains("outside"));
+        // Any other frame in the middle of a transfer.
+        let (begin, mut frames) = transfer(FILES, 4);
+        frames.insert(1, Frame::Ack { applied_lsn: 1 });
+        assert!(
+            run(begin, frames)
+                .expect_err("other")
+                .contains("unexpected")
+        );
+    }
+
+    #[test]
+    fn absurd_announcements_are_refused_before_anything_is_written() {
+        assert!(SnapshotReceiver::begin(1, vec![(1, 1)], SNAPSHOT_FILES_MAX + 1, 1).is_err());
+        assert!(SnapshotReceiver::begin(1, vec![(1, 1)], 1, SNAPSHOT_BYTES_MAX + 1).is_err());
+        assert!(SnapshotReceiver::begin(1, vec![], 1, 1).is_err());
+        assert!(SnapshotReceiver::begin(1, vec![(2, 1), (1, 5)], 1, 1).is_err());
+        let mut rx = SnapshotReceiver::begin(1, vec![(1, 1)], 1, SNAPSHOT_BYTES_MAX).expect("ok");
+        let huge = rx.on_frame(Frame::SnapshotFile {
+            name: "000001.sst".into(),
+            size: SNAPSHOT_FILE_BYTES_MAX + 1,
+        });
+        assert!(huge.is_err());
+    }
+
+    fn store_with_events(dir: &Path, n: usize) -> Engine {
+        use trackstore_engine::event::{BodyFormat, parse_request};
+        use trackstore_engine::time::Timestamp;
+        let engine = Engine::open(dir, EngineOptions::default()).expect("open");
+        engine.record_epoch(1).expect("epoch");
+        let body: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"event_id":"e-{i}","order_id":"o-{}","status":"created","occurred_at":"2026-01-01T00:00:00Z"}}"#,
+                    i % 7
+                )
+            })
+            .collect();
+        let events = parse_request(
+            body.join("\n").as_bytes(),
+            BodyFormat::Ndjson,
+            Timestamp::now(),
+        )
+        .expect("valid events");
+        engine.append(events).expect("append");
+        engine
+    }
+
+    #[test]
+    fn a_received_store_is_installed_only_if_it_verifies_and_matches_the_announcement() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let source = store_with_events(&tmp.path().join("source"), 25);
+        let data = tmp.path().join("data");
+        let incoming = data.join(INCOMING_DIR);
+        source.checkpoint(&incoming).expect("checkpoint");
+        let history = source.epoch_history();
+        let target = trackstore_engine::db_path(&data);
+
+        let err = verify_and_install(&data, Lsn(24), &history).expect_err("wrong end");
+        assert!(err.to_string().contains("ends at LSN 25"), "{err}");
+        assert!(!target.exists(), "nothing installed");
+        let err = verify_and_install(&data, Lsn(25), &[(1, Lsn(1)), (2, Lsn(9))])
+            .expect_err("wrong history");
+        assert!(err.to_string().contains("epoch history"), "{err}");
+        assert!(!target.exists(), "nothing installed");
+
+        verify_and_install(&data, Lsn(25), &history).expect("a good snapshot installs");
+        assert!(!incoming.exists(), "the incoming directory is gone");
+        let installed = Engine::open(&data, EngineOptions::default()).expect("open");
+        assert_eq!(installed.last_lsn(), Lsn(25));
+        assert!(installed.verify().expect("verify").is_ok());
+    }
+
+    #[test]
+    fn a_received_store_missing_a_file_is_not_installed() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let source = store_with_events(&tmp.path().join("source"), 5);
+        let data = tmp.path().join("data");
+        let incoming = data.join(INCOMING_DIR);
+        source.checkpoint(&incoming).expect("checkpoint");
+        std::fs::remove_file(trackstore_engine::db_path(&incoming).join("CURRENT"))
+            .expect("remove CURRENT");
+        let err = verify_and_install(&data, Lsn(5), &source.epoch_history())
+            .expect_err("a store without CURRENT");
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert!(!trackstore_engine::db_path(&data).exists());
+    }
 }

@@ -1,11 +1,13 @@
 //! The decisions of a replication session on both sides, without I/O: what a primary answers to a
-//! replica's `Hello`, which entries it ships next, and what a replica does with each frame. The QUIC
-//! shells (`primary`, `replica`) and the seeded simulation (tests/simulation.rs) drive the same code.
+//! replica's `Hello` (stream the log, send a snapshot, step down, refuse), which entries it ships
+//! next, what a replica does with each frame, and the rules a snapshot's files obey. The QUIC shells
+//! (`primary`, `replica`) and the seeded simulation (tests/simulation.rs) drive the same code.
 
+use sha2::{Digest, Sha256};
 use trackstore_engine::Lsn;
 
 use crate::epochs::{EpochHistory, last_common_lsn};
-use crate::frame::PROTOCOL_VERSION;
+use crate::frame::{PROTOCOL_VERSION, SNAPSHOT_NAME_BYTES_MAX};
 
 /// What one node's log looks like, as far as replication cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,7 +17,28 @@ pub struct LogView {
     pub epoch: u64,
     /// The highest epoch the node has heard of.
     pub known_epoch: u64,
+    /// The oldest LSN the log still holds: 1 while nothing was removed (today: always, there is no
+    /// retention yet). A replica that needs an older entry can only be rebuilt from a snapshot.
+    pub first_lsn: Lsn,
     pub last_lsn: Lsn,
+}
+
+/// What decides between a snapshot and the log for a replica's `Hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotTerms {
+    /// The replica holds no store and can install a snapshot (`Hello.accepts_snapshot`).
+    pub replica_accepts: bool,
+    /// An empty replica gets a snapshot rather than the log once the primary's log reaches this
+    /// LSN (`replication_snapshot_min_lsn`).
+    pub min_lsn: u64,
+}
+
+impl SnapshotTerms {
+    /// A replica that cannot install a snapshot (a running follower, the simulation's nodes).
+    pub const NEVER: SnapshotTerms = SnapshotTerms {
+        replica_accepts: false,
+        min_lsn: u64::MAX,
+    };
 }
 
 /// The primary's answer to a `Hello`.
@@ -25,6 +48,9 @@ pub enum HelloDecision {
     Welcome {
         start_from: Lsn,
     },
+    /// Send a snapshot of the whole store (the replica is empty and far behind, or needs entries
+    /// the log no longer holds); the replica then follows from the snapshot's last LSN + 1.
+    Snapshot,
     /// The replica knows a newer epoch than ours: another node was promoted, so we step down
     /// (fence) and refuse.
     StepDown {
@@ -35,8 +61,23 @@ pub enum HelloDecision {
     },
 }
 
+/// Why a replica that cannot install a snapshot is refused when it needs one: it says what to do.
+pub fn snapshot_required_reason(start_from: Lsn, first_lsn: Lsn) -> String {
+    format!(
+        "this replica needs LSN {start_from} but the primary's log starts at LSN {first_lsn}: it \
+         must be rebuilt from a snapshot. Stop this node, move its data directory aside (it may \
+         hold entries worth keeping) and start it again: a node without a store bootstraps from \
+         a snapshot of the primary"
+    )
+}
+
 /// Decides how a primary (`primary`, which accepts writes) answers a replica's `Hello`.
-pub fn on_hello(primary: &LogView, version: u16, replica: &LogView) -> HelloDecision {
+pub fn on_hello(
+    primary: &LogView,
+    version: u16,
+    replica: &LogView,
+    snapshot: SnapshotTerms,
+) -> HelloDecision {
     if version != PROTOCOL_VERSION {
         return HelloDecision::Refuse {
             reason: format!(
@@ -56,8 +97,64 @@ pub fn on_hello(primary: &LogView, version: u16, replica: &LogView) -> HelloDeci
         &primary.history,
         primary.last_lsn,
     );
-    HelloDecision::Welcome {
-        start_from: Lsn(common.0 + 1),
+    let start_from = Lsn(common.0 + 1);
+    if start_from < primary.first_lsn {
+        return if snapshot.replica_accepts {
+            HelloDecision::Snapshot
+        } else {
+            HelloDecision::Refuse {
+                reason: snapshot_required_reason(start_from, primary.first_lsn),
+            }
+        };
+    }
+    if snapshot.replica_accepts && replica.last_lsn.0 == 0 && primary.last_lsn.0 >= snapshot.min_lsn
+    {
+        return HelloDecision::Snapshot;
+    }
+    HelloDecision::Welcome { start_from }
+}
+
+/// Checks the name of a snapshot file: RocksDB's own names (`000012.sst`, `MANIFEST-000005`,
+/// `CURRENT`, `OPTIONS-000007`, `000004.log`, `IDENTITY`) fit; nothing that could leave the
+/// directory it is written to (no `/`, no `..`, no leading dot) does.
+pub fn check_snapshot_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > SNAPSHOT_NAME_BYTES_MAX {
+        return Err(format!(
+            "snapshot file name {name:?} is not 1..={SNAPSHOT_NAME_BYTES_MAX} bytes"
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!("snapshot file name {name:?} starts with a dot"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "snapshot file name {name:?} holds {c:?} (only A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
+/// The SHA-256 of a snapshot as sent: for each file in order, its name (`len:u32be ‖ bytes`), its
+/// size (`u64be`), then its content. Both sides compute it the same way.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotDigest(Sha256);
+
+impl SnapshotDigest {
+    pub fn file(&mut self, name: &str, size: u64) {
+        self.0.update((name.len() as u32).to_be_bytes());
+        self.0.update(name.as_bytes());
+        self.0.update(size.to_be_bytes());
+    }
+
+    pub fn data(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
     }
 }
 
@@ -239,7 +336,26 @@ mod tests {
             epoch: h.current(),
             known_epoch: h.current(),
             history: h,
+            first_lsn: Lsn(1),
             last_lsn: Lsn(last),
+        }
+    }
+
+    /// A node with no store, bootstrapping.
+    fn empty() -> LogView {
+        LogView {
+            epoch: 0,
+            known_epoch: 0,
+            history: EpochHistory::default(),
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(0),
+        }
+    }
+
+    fn terms(replica_accepts: bool, min_lsn: u64) -> SnapshotTerms {
+        SnapshotTerms {
+            replica_accepts,
+            min_lsn,
         }
     }
 
@@ -247,9 +363,12 @@ mod tests {
     fn an_old_primary_rejoining_keeps_the_common_prefix_only() {
         let new_primary = view(vec![(1, Lsn(1)), (2, Lsn(101))], 150);
         let old_primary = view(vec![(1, Lsn(1))], 120);
-        let HelloDecision::Welcome { start_from } =
-            on_hello(&new_primary, PROTOCOL_VERSION, &old_primary)
-        else {
+        let HelloDecision::Welcome { start_from } = on_hello(
+            &new_primary,
+            PROTOCOL_VERSION,
+            &old_primary,
+            SnapshotTerms::NEVER,
+        ) else {
             panic!("welcome expected");
         };
         assert_eq!(start_from, Lsn(101));
@@ -272,15 +391,131 @@ mod tests {
         let primary = view(vec![(1, Lsn(1))], 10);
         let promoted = view(vec![(1, Lsn(1)), (2, Lsn(8))], 9);
         assert_eq!(
-            on_hello(&primary, PROTOCOL_VERSION, &promoted),
+            on_hello(&primary, PROTOCOL_VERSION, &promoted, SnapshotTerms::NEVER),
             HelloDecision::StepDown { epoch: 2 }
         );
         let newer_primary = view(vec![(1, Lsn(1)), (2, Lsn(8))], 30);
         let old = view(vec![(1, Lsn(1))], 12);
         assert_eq!(
-            on_hello(&newer_primary, PROTOCOL_VERSION, &old),
+            on_hello(&newer_primary, PROTOCOL_VERSION, &old, SnapshotTerms::NEVER),
             HelloDecision::Welcome { start_from: Lsn(8) }
         );
+    }
+
+    #[test]
+    fn an_empty_node_gets_a_snapshot_once_the_primary_reaches_the_threshold() {
+        let primary = view(vec![(1, Lsn(1))], 30_000);
+        // Below the threshold, or a node that cannot install one: the log, from LSN 1.
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &empty(), terms(true, 30_001)),
+            HelloDecision::Welcome { start_from: Lsn(1) }
+        );
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &empty(), terms(false, 20_000)),
+            HelloDecision::Welcome { start_from: Lsn(1) }
+        );
+        // At or over it: a snapshot.
+        for min in [20_000, 30_000] {
+            assert_eq!(
+                on_hello(&primary, PROTOCOL_VERSION, &empty(), terms(true, min)),
+                HelloDecision::Snapshot
+            );
+        }
+        // A replica that holds entries follows the log whatever the threshold.
+        let behind = view(vec![(1, Lsn(1))], 10);
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &behind, terms(true, 1)),
+            HelloDecision::Welcome {
+                start_from: Lsn(11)
+            }
+        );
+        // A running replica with an empty store (`accepts_snapshot` false) is never sent one.
+        let fresh = view(vec![(1, Lsn(1))], 0);
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &fresh, terms(false, 1)),
+            HelloDecision::Welcome { start_from: Lsn(1) }
+        );
+        // A newer epoch still deposes the primary first.
+        let mut newer = empty();
+        newer.known_epoch = 2;
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &newer, terms(true, 1)),
+            HelloDecision::StepDown { epoch: 2 }
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_the_first_held_lsn_needs_a_snapshot() {
+        let mut primary = view(vec![(1, Lsn(1)), (2, Lsn(500))], 2_000);
+        primary.first_lsn = Lsn(1_001);
+        let behind = view(vec![(1, Lsn(1))], 700);
+        // Its next LSN (the common prefix ends at 499) is gone: a snapshot or nothing.
+        let HelloDecision::Refuse { reason } =
+            on_hello(&primary, PROTOCOL_VERSION, &behind, terms(false, u64::MAX))
+        else {
+            panic!("a running replica cannot take a snapshot");
+        };
+        assert!(reason.contains("LSN 500"), "{reason}");
+        assert!(reason.contains("move its data directory aside"), "{reason}");
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &empty(), terms(true, u64::MAX)),
+            HelloDecision::Snapshot,
+            "an empty node needs LSN 1, which is gone: a snapshot whatever the threshold"
+        );
+        // One exactly at the first held LSN follows the log.
+        let at_edge = view(vec![(1, Lsn(1)), (2, Lsn(500))], 1_000);
+        assert_eq!(
+            on_hello(&primary, PROTOCOL_VERSION, &at_edge, terms(false, u64::MAX)),
+            HelloDecision::Welcome {
+                start_from: Lsn(1_001)
+            }
+        );
+    }
+
+    #[test]
+    fn snapshot_file_names_cannot_leave_their_directory() {
+        for ok in [
+            "000012.sst",
+            "MANIFEST-000005",
+            "CURRENT",
+            "OPTIONS-000007",
+            "000004.log",
+            "IDENTITY",
+        ] {
+            assert_eq!(check_snapshot_file_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../db",
+            "a/b",
+            "/etc",
+            ".hidden",
+            "a\\b",
+            "nul\0",
+            "é.sst",
+            &"x".repeat(256),
+        ] {
+            assert!(check_snapshot_file_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_snapshot_digest_covers_names_sizes_and_content() {
+        let digest = |files: &[(&str, &[u8])]| {
+            let mut d = SnapshotDigest::default();
+            for (name, data) in files {
+                d.file(name, data.len() as u64);
+                d.data(data);
+            }
+            d.finish()
+        };
+        let base = digest(&[("a", b"xy"), ("b", b"z")]);
+        assert_eq!(base, digest(&[("a", b"xy"), ("b", b"z")]));
+        assert_ne!(base, digest(&[("a", b"x"), ("b", b"yz")]), "a moved byte");
+        assert_ne!(base, digest(&[("b", b"z"), ("a", b"xy")]), "another order");
+        assert_ne!(base, digest(&[("a", b"xy"), ("c", b"z")]), "another name");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum ReplError {
     Engine(#[from] trackstore_engine::Error),
     #[error("quarantine file: {0}")]
     Quarantine(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// This node's certificate and key, and the CA every peer must be signed by.

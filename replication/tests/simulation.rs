@@ -18,7 +18,7 @@ use trackstore_engine::Lsn;
 use trackstore_replication::epochs::EpochHistory;
 use trackstore_replication::frame::{Frame, PROTOCOL_VERSION};
 use trackstore_replication::session::{
-    Follower, FollowerState, HelloDecision, LogView, next_batch, on_hello,
+    Follower, FollowerState, HelloDecision, LogView, SnapshotTerms, next_batch, on_hello,
 };
 
 /// One log entry: the epoch that wrote it and a globally unique id (the event id).
@@ -80,6 +80,7 @@ impl Node {
             epoch: history.current(),
             known_epoch: self.known,
             history,
+            first_lsn: Lsn(1),
             last_lsn: Lsn(self.log.len() as u64),
         }
     }
@@ -161,6 +162,7 @@ impl Sim {
                 history: v.history.entries().iter().map(|(e, l)| (*e, l.0)).collect(),
                 known_epoch: v.known_epoch,
                 last_lsn: v.last_lsn.0,
+                accepts_snapshot: false,
             },
         });
     }
@@ -270,11 +272,12 @@ impl Sim {
                 epoch: history.current(),
                 known_epoch,
                 history,
+                first_lsn: Lsn(1),
                 last_lsn: Lsn(last_lsn),
             };
             let view = self.nodes[p].view();
             let fenced = matches!(self.nodes[p].role, Role::Primary { fenced: true });
-            let frame = match on_hello(&view, version, &replica) {
+            let frame = match on_hello(&view, version, &replica, SnapshotTerms::NEVER) {
                 _ if fenced => Frame::Refused {
                     reason: "fenced".into(),
                     fenced_by: Some(self.nodes[p].known),
@@ -312,6 +315,10 @@ impl Sim {
                     reason,
                     fenced_by: None,
                 },
+                // Simulated nodes keep every entry and never offer to install a snapshot.
+                HelloDecision::Snapshot => {
+                    unreachable!("a snapshot for a node that cannot take one")
+                }
             };
             self.net.push(Msg {
                 to: msg.from,

@@ -63,6 +63,8 @@ pub struct Config {
     pub https: Listen,
     pub replication: Listen,
     pub replica_of: Option<String>,
+    /// Primary: an empty replica is sent a snapshot instead of the log from this many entries on.
+    pub replication_snapshot_min_lsn: u64,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -117,6 +119,7 @@ impl Default for Config {
             https: Listen::On(([127, 0, 0, 1], 8443).into()),
             replication: Listen::On(([127, 0, 0, 1], 7443).into()),
             replica_of: None,
+            replication_snapshot_min_lsn: 1_000_000,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -157,6 +160,14 @@ pub struct Flags {
     /// Run as a replica of the primary's replication address.
     #[arg(long, env = "TRACKSTORE_REPLICA_OF", value_name = "ADDR")]
     pub replica_of: Option<String>,
+    /// Primary: a replica with an empty store gets a snapshot (a checkpoint of the store) instead of
+    /// the log once the log holds this many entries. Default 1000000.
+    #[arg(
+        long,
+        env = "TRACKSTORE_REPLICATION_SNAPSHOT_MIN_LSN",
+        value_name = "LSN"
+    )]
+    pub replication_snapshot_min_lsn: Option<u64>,
     /// CA that signs every node's certificate.
     #[arg(long, env = "TRACKSTORE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -214,6 +225,7 @@ pub struct File {
     pub https: Option<Listen>,
     pub replication: Option<Listen>,
     pub replica_of: Option<String>,
+    pub replication_snapshot_min_lsn: Option<u64>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -286,6 +298,10 @@ impl Config {
             https: f.https.or(file.https).unwrap_or(d.https),
             replication: f.replication.or(file.replication).unwrap_or(d.replication),
             replica_of: f.replica_of.or(file.replica_of),
+            replication_snapshot_min_lsn: f
+                .replication_snapshot_min_lsn
+                .or(file.replication_snapshot_min_lsn)
+                .unwrap_or(d.replication_snapshot_min_lsn),
             tls_ca: f.tls_ca.or(file.tls_ca),
             tls_cert: f.tls_cert.or(file.tls_cert),
             tls_key: f.tls_key.or(file.tls_key),
@@ -371,6 +387,13 @@ impl Config {
         if l.stream_max_lag_events == 0 {
             return bad("stream_max_lag_events must be at least 1".into());
         }
+        if self.replication_snapshot_min_lsn == 0 {
+            return bad(
+                "replication_snapshot_min_lsn must be at least 1 (a snapshot of an empty store \
+                 helps no one)"
+                    .into(),
+            );
+        }
         if l.header_read_timeout.is_zero() || l.request_timeout.is_zero() {
             return bad("timeouts must be positive".into());
         }
@@ -434,5 +457,18 @@ mod tests {
             Config::merge(flags(&["--http", "off", "--https", "off"]), File::default()).is_err()
         );
         assert!(Flags::try_parse_from(["trackstore", "--https", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn the_snapshot_threshold_comes_from_the_file_or_a_flag_and_is_positive() {
+        assert_eq!(Config::default().replication_snapshot_min_lsn, 1_000_000);
+        let file: File = toml::from_str("replication_snapshot_min_lsn = 5000").unwrap();
+        let c = Config::merge(Flags::default(), file).unwrap();
+        assert_eq!(c.replication_snapshot_min_lsn, 5000);
+        let file: File = toml::from_str("replication_snapshot_min_lsn = 5000").unwrap();
+        let c = Config::merge(flags(&["--replication-snapshot-min-lsn", "7"]), file).unwrap();
+        assert_eq!(c.replication_snapshot_min_lsn, 7);
+        let zero = flags(&["--replication-snapshot-min-lsn", "0"]);
+        assert!(Config::merge(zero, File::default()).is_err());
     }
 }

@@ -1,16 +1,21 @@
 //! The node's role in replication (DESIGN.md §4), between the HTTP API and the `replication`
 //! crate: a primary runs the replication listener; a replica runs the follower and refuses client
-//! writes; promotion (now, or a planned switchover) turns a replica into a primary in place.
+//! writes; promotion (now, or a planned switchover) turns a replica into a primary in place. A
+//! replica started without a store first bootstraps from a snapshot of its primary when the primary
+//! sends one ([`bootstrap_if_empty`], before the engine opens).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use trackstore_engine::{Engine, Lsn};
-use trackstore_replication::primary::{self, PrimaryState};
-use trackstore_replication::replica::{self, Control, ReplicaOptions, ReplicaStatus};
+use trackstore_replication::primary::{self, PrimaryOptions, PrimaryState};
+use trackstore_replication::replica::{
+    self, Bootstrap, Control, ReplicaOptions, ReplicaStatus, SnapshotInstalled,
+};
 use trackstore_replication::transport::NodeTls;
 
 use crate::config::{Config, Listen};
@@ -37,6 +42,69 @@ pub struct Replication {
     shutdown: watch::Receiver<bool>,
     /// Serialises promotions.
     promoting: tokio::sync::Mutex<()>,
+    /// How the replication listener serves replicas (primary role).
+    primary_options: PrimaryOptions,
+}
+
+/// The replication identity: this node's certificate with the cluster CA, when a CA is configured.
+pub fn node_tls(
+    config: &Config,
+    identity: Option<crate::tls::Identity>,
+) -> Result<Option<Arc<NodeTls>>, ServerError> {
+    match (&config.tls_ca, identity) {
+        (Some(ca), Some(id)) => Ok(Some(Arc::new(
+            NodeTls::new(id.chain, id.key, ca)
+                .map_err(|e| ServerError::Config(format!("--tls-ca: {e}")))?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+/// This node's name in `Hello` and in its primary's status.
+fn node_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into())
+}
+
+/// A replica whose data directory holds no store yet asks its primary for a snapshot and installs
+/// it, before the engine opens. Returns what was installed; None when the node starts empty and
+/// follows the log from LSN 1 (the primary's log is short, or no snapshot could be asked for: the
+/// follower then keeps trying and reports why). An error means a snapshot was received and failed
+/// its checks or was cut off: nothing was installed and the node must not start.
+pub async fn bootstrap_if_empty(
+    config: &Config,
+    tls: Option<&NodeTls>,
+) -> Result<Option<SnapshotInstalled>, ServerError> {
+    let (Some(primary), Some(tls)) = (&config.replica_of, tls) else {
+        // Not a replica, or one without a CA: `Replication::start` says what is missing.
+        return Ok(None);
+    };
+    if trackstore_engine::db_path(&config.data).exists() {
+        return Ok(None);
+    }
+    tracing::info!(%primary, "no store yet: asking the primary for a snapshot");
+    match replica::bootstrap(&config.data, tls, primary, &node_name()).await {
+        Ok(Bootstrap::Installed(info)) => {
+            tracing::info!(
+                last_lsn = info.last_lsn.0,
+                bytes = info.bytes,
+                seconds = info.seconds,
+                "bootstrapped from a snapshot; following the log after it"
+            );
+            Ok(Some(info))
+        }
+        Ok(Bootstrap::FromLog) => {
+            tracing::info!("the primary's log is short: following it from LSN 1");
+            Ok(None)
+        }
+        Ok(Bootstrap::Unavailable(why)) => {
+            tracing::warn!(%primary, reason = %why,
+                "no snapshot could be asked for: starting with an empty store; the follower keeps trying");
+            Ok(None)
+        }
+        Err(e) => Err(ServerError::Runtime(format!(
+            "snapshot bootstrap from {primary} failed, nothing was installed: {e}"
+        ))),
+    }
 }
 
 impl Replication {
@@ -56,25 +124,21 @@ impl Replication {
             head,
             shutdown,
             promoting: tokio::sync::Mutex::new(()),
+            primary_options: PrimaryOptions::default(),
         })
     }
 
     /// Starts the node in its configured role: a replica starts following; a primary opens the
     /// replication listener (when a CA is configured: replicas must be authenticated).
+    /// `tls` comes from [`node_tls`]; `bootstrapped` from [`bootstrap_if_empty`].
     pub async fn start(
         engine: Arc<Engine>,
         config: &Config,
-        chain_and_key: Option<crate::tls::Identity>,
+        tls: Option<Arc<NodeTls>>,
+        bootstrapped: Option<SnapshotInstalled>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Replication>, ServerError> {
-        let tls = match (&config.tls_ca, chain_and_key) {
-            (Some(ca), Some(id)) => Some(Arc::new(
-                NodeTls::new(id.chain, id.key, ca)
-                    .map_err(|e| ServerError::Config(format!("--tls-ca: {e}")))?,
-            )),
-            _ => None,
-        };
         let (head_tx, head) = watch::channel(engine.last_lsn());
         engine.on_commit(move |info| {
             head_tx.send_replace(info.last_lsn);
@@ -83,11 +147,15 @@ impl Replication {
             Some(p) => Role::Replica { primary: p.clone() },
             None => Role::Primary,
         };
+        let replica_status = ReplicaStatus {
+            bootstrapped_from_snapshot: bootstrapped,
+            ..ReplicaStatus::default()
+        };
         let r = Arc::new(Replication {
             engine: engine.clone(),
             role: RwLock::new(role.clone()),
             primary_state: Arc::default(),
-            replica_status: Arc::default(),
+            replica_status: Arc::new(Mutex::new(replica_status)),
             control: Mutex::new(None),
             tls,
             listen: config.replication,
@@ -95,6 +163,9 @@ impl Replication {
             head,
             shutdown,
             promoting: tokio::sync::Mutex::new(()),
+            primary_options: PrimaryOptions {
+                snapshot_min_lsn: config.replication_snapshot_min_lsn,
+            },
         });
         match role {
             Role::Replica { primary } => {
@@ -155,7 +226,7 @@ impl Replication {
         *self.control.lock().expect("control lock") = Some(tx);
         let options = ReplicaOptions {
             primary: primary.clone(),
-            node: std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into()),
+            node: node_name(),
             quarantine_dir: data.join("quarantine"),
         };
         let on_applied: replica::OnApplied = Box::new(move |received| {
@@ -209,6 +280,7 @@ impl Replication {
             endpoint,
             self.engine.clone(),
             self.primary_state.clone(),
+            self.primary_options,
             self.head.clone(),
             self.shutdown.clone(),
         ));
@@ -275,6 +347,15 @@ impl Replication {
                     })
                     .collect();
                 v["replicas"] = json!(replicas);
+                let p = &self.primary_state;
+                v["snapshot"] = json!({
+                    "min_lsn": self.primary_options.snapshot_min_lsn,
+                    "in_progress": p.snapshot_active.load(Ordering::Relaxed),
+                    "served": p.snapshots_served.load(Ordering::Relaxed),
+                    "failed": p.snapshots_failed.load(Ordering::Relaxed),
+                    "busy": p.snapshots_busy.load(Ordering::Relaxed),
+                    "bytes_sent": p.snapshot_bytes_sent.load(Ordering::Relaxed),
+                });
                 if let Some(a) = self.listening() {
                     v["listen"] = json!(a.to_string());
                 }
@@ -310,6 +391,14 @@ impl Replication {
                 if let Some(r) = &s.refused {
                     v["refused"] = json!(r);
                 }
+                v["bootstrapped_from_snapshot"] = match &s.bootstrapped_from_snapshot {
+                    Some(b) => json!({
+                        "last_lsn": b.last_lsn.0,
+                        "bytes": b.bytes,
+                        "seconds": b.seconds,
+                    }),
+                    None => Value::Null,
+                };
             }
         }
         v

@@ -111,6 +111,25 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     if config.durability == Durability::NosyncUnsafe {
         tracing::warn!("durability nosync-unsafe: acknowledged writes can be lost on power loss");
     }
+    // A replica without a store first installs a snapshot of its primary, if the primary sends one:
+    // the engine below then opens it and the follower continues after its last LSN.
+    let bootstrapped = if config.replica_of.is_some() && config.tls_ca.is_some() {
+        let id = tls::identity(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+            &config.data,
+        )?;
+        let node_tls = crate::replication::node_tls(&config, Some(id))?;
+        tokio::select! {
+            b = crate::replication::bootstrap_if_empty(&config, node_tls.as_deref()) => b?,
+            signal = signals.wait() => {
+                tracing::info!(signal, "stopped during the snapshot bootstrap; nothing was installed");
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let data = config.data.clone();
     let engine = tokio::task::spawn_blocking(move || Engine::open(&data, options))
         .await
@@ -182,7 +201,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     let replication = crate::replication::Replication::start(
         engine.clone(),
         &config,
-        config.tls_cert.is_some().then(|| identity.clone()),
+        crate::replication::node_tls(&config, config.tls_cert.is_some().then(|| identity.clone()))?,
+        bootstrapped,
         metrics.clone(),
         shutdown_rx.clone(),
     )

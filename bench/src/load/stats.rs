@@ -37,6 +37,9 @@ pub enum Failure {
     Dropped,
     /// A 2xx whose body is not what the API promises (for example an ingest result per event).
     BadResponse,
+    /// Still queued when the run ended (Ctrl-C, or the server could not drain the open-loop queues
+    /// in time after the schedule ended): never sent.
+    Abandoned,
 }
 
 impl Failure {
@@ -48,6 +51,7 @@ impl Failure {
             Failure::Timeout => "timeout".into(),
             Failure::Dropped => "dropped".into(),
             Failure::BadResponse => "bad_response".into(),
+            Failure::Abandoned => "abandoned".into(),
         }
     }
 }
