@@ -14,11 +14,11 @@ node() { # name http repl [primary-repl]
   local name=$1 http=$2 repl=$3 of=${4:-}
   local args=(--data "$W/$name" --http "127.0.0.1:$http" --https off --replication "127.0.0.1:$repl"
     --tls-ca "$W/certs/ca.pem" --tls-cert "$W/certs/$name.pem" --tls-key "$W/certs/$name.key")
-  [ -n "$of" ] && args+=(--replica-of "127.0.0.1:$of")
+  if [ -n "$of" ]; then args+=(--replica-of "127.0.0.1:$of"); else args+=(${PRIMARY_ARGS:-}); fi
   "$BIN/trackstore" "${args[@]}" >"$W/$name.out" 2>"$W/$name.err" &
   echo $!
 }
-wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
+wait_ready() { for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 last_lsn() { curl -sf "http://127.0.0.1:$1/v1/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_lsn"])'; }
 summary() { # LABEL FILE: events/s and latency of a trackload --json report
   python3 - "$@" <<'PY'
@@ -59,7 +59,9 @@ throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without 
     echo "primary RSS $(rss $P)"
   done
   ;;
-catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN
+catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN. From 1,000,000 entries
+         # on a fresh replica bootstraps from a snapshot; to time catch-up from the log instead:
+         # PRIMARY_ARGS="--replication-snapshot-min-lsn 1000000000000" bench/repl/run.sh catchup
   n=${2:-1000000}
   fresh; P=$(node primary $PH $PR); wait_ready $PH
   "$BIN/trackload" ingest-batch --batch 1000 --url "http://127.0.0.1:$PH" --connections 4 --requests $((n / 1000)) --json >/dev/null
@@ -69,5 +71,26 @@ catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN
   end=$(date +%s.%N)
   python3 -c "import sys; n=$target; t=$end-$start; print(f'catch-up: {n} events in {t:.1f} s = {n/t:,.0f} events/s (replica start included)')"
   echo "primary RSS $(rss $P), replica RSS $(rss $R)"
+  ;;
+drill) # RATE: failover drill: open-loop ingest at RATE on the primary, SIGKILL it after 10 s,
+       # promote the replica, time the first acknowledged write on it (RTO), restart the old primary
+       # as a replica of the new one and count its quarantined tail (RPO, in entries and seconds)
+  rate=${2:-10000}
+  fresh; P=$(node primary $PH $PR); wait_ready $PH; R=$(node replica $RH $RR $PR); wait_ready $RH
+  "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --rate "$rate" --duration 30s --json >"$W/drill-load.json" 2>/dev/null &
+  L=$!
+  sleep 10
+  kill -9 "$P"; killed=$(date +%s.%N)
+  curl -sf -X POST "http://127.0.0.1:$RH/v1/admin/promote" -H 'content-type: application/json' -d '{}' >/dev/null
+  until curl -sf "http://127.0.0.1:$RH/v1/events" -H 'content-type: application/json' \
+      -d "{\"event_id\":\"drill-$$\",\"order_id\":\"drill\",\"status\":\"created\",\"occurred_at\":\"$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\"}" >/dev/null; do sleep 0.01; done
+  first=$(date +%s.%N)
+  kill "$L" 2>/dev/null || true
+  new_last=$(last_lsn $RH)
+  # The old primary rejoins as a replica of the new one (its replication port becomes the new primary's).
+  P=$(node primary $PH $PR $RR); wait_ready $PH
+  until [ "$(last_lsn $PH)" -ge "$new_last" ]; do sleep 0.1; done
+  q=$(curl -sf "http://127.0.0.1:$PH/v1/admin/replication" | python3 -c 'import json,sys; print(json.load(sys.stdin)["quarantined"])')
+  python3 -c "rto=$first-$killed; q=$q; r=$rate; print(f'failover drill at {r} events/s: RTO {rto*1000:.0f} ms (SIGKILL → first acknowledged write on the promoted replica); RPO {q} entries = {q/r*1000:.1f} ms of writes, all in the old primary\'s quarantine')"
   ;;
 esac

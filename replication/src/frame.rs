@@ -68,6 +68,10 @@ pub enum Frame {
         epoch: u64,
         last_lsn: u64,
         start_from: u64,
+        /// Digest of the primary's entry at `start_from - 1` (0 when `start_from` is 1): the replica
+        /// checks its own entry there, so two primaries that used the same epoch number cannot make a
+        /// wrong common prefix pass silently.
+        prev_digest: u64,
     },
     /// The primary refuses the session. `fenced_by` is set when the replica showed a newer epoch:
     /// the primary has stepped down.
@@ -169,12 +173,14 @@ impl Frame {
                 epoch,
                 last_lsn,
                 start_from,
+                prev_digest,
             } => {
                 out.put_u8(WELCOME);
                 put_history(out, history);
                 out.put_u64(*epoch);
                 out.put_u64(*last_lsn);
                 out.put_u64(*start_from);
+                out.put_u64(*prev_digest);
             }
             Frame::Refused { reason, fenced_by } => {
                 out.put_u8(REFUSED);
@@ -312,6 +318,7 @@ impl Frame {
                 epoch: get_u64(b)?,
                 last_lsn: get_u64(b)?,
                 start_from: get_u64(b)?,
+                prev_digest: get_u64(b)?,
             },
             REFUSED => Frame::Refused {
                 reason: get_text(b)?,
@@ -485,14 +492,22 @@ mod tests {
                         }
                     }
                 ),
-            (history(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(history, epoch, last_lsn, start_from)| Frame::Welcome {
-                    history,
-                    epoch,
-                    last_lsn,
-                    start_from
-                }
-            ),
+            (
+                history(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(history, epoch, last_lsn, start_from, prev_digest)| {
+                    Frame::Welcome {
+                        history,
+                        epoch,
+                        last_lsn,
+                        start_from,
+                        prev_digest,
+                    }
+                }),
             ("\\PC{0,20}", proptest::option::of(1u64..))
                 .prop_map(|(reason, fenced_by)| { Frame::Refused { reason, fenced_by } }),
             (

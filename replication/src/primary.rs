@@ -287,9 +287,26 @@ async fn session(
             return Ok(());
         }
     };
+    let prev_digest = if start_from.0 > 1 {
+        let (e, at) = (engine.clone(), Lsn(start_from.0 - 1));
+        let entry = tokio::task::spawn_blocking(move || e.read_log(at, 1))
+            .await
+            .map_err(|e| ReplError::Protocol(e.to_string()))??;
+        match entry.first() {
+            Some(ev) if ev.lsn == at => session::entry_digest(&codec::encode_event(ev)),
+            _ => {
+                return Err(ReplError::Protocol(format!(
+                    "LSN {at} is not in this primary's log"
+                )));
+            }
+        }
+    } else {
+        0
+    };
     write_frame(
         &mut send,
         &Frame::Welcome {
+            prev_digest,
             history: view
                 .history
                 .entries()

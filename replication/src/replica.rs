@@ -300,7 +300,28 @@ async fn session(
             epoch,
             last_lsn,
             start_from,
+            prev_digest,
         }) => {
+            if start_from > 1 {
+                // Both logs claim the same entry at start_from - 1 (same epoch there): check it.
+                let (e, at) = (engine.clone(), Lsn(start_from - 1));
+                let ours = tokio::task::spawn_blocking(move || e.read_log(at, 1))
+                    .await
+                    .map_err(|e| ReplError::Protocol(e.to_string()))??;
+                if let Some(ev) = ours.first().filter(|ev| ev.lsn == Lsn(start_from - 1))
+                    && crate::session::entry_digest(&codec::encode_event(ev)) != prev_digest
+                {
+                    let msg = format!(
+                        "this log and the primary's differ at LSN {} although their epoch \
+                         histories agree there: two primaries used the same epoch number. This \
+                         node must not follow; move its data directory aside and start it again \
+                         to rebuild it from the primary",
+                        start_from - 1
+                    );
+                    status.lock().expect("status lock").refused = Some(msg.clone());
+                    return Err(ReplError::Protocol(msg));
+                }
+            }
             let primary_history =
                 EpochHistory::new(history.into_iter().map(|(e, l)| (e, Lsn(l))).collect())
                     .map_err(|e| ReplError::Protocol(format!("the primary's {e}")))?;
@@ -826,6 +847,7 @@ pub async fn bootstrap(
     tls: &NodeTls,
     primary: &str,
     node: &str,
+    full_verify: bool,
 ) -> Result<Bootstrap, ReplError> {
     let started = Instant::now();
     let incoming = data_dir.join(INCOMING_DIR);
@@ -845,7 +867,17 @@ pub async fn bootstrap(
         .map_err(|e| ReplError::Connection(format!("binding {bind}: {e}")))?;
     let mut transfers = 0;
     let result = loop {
-        match bootstrap_once(&endpoint, &client, primary, node, data_dir, started).await {
+        match bootstrap_once(
+            &endpoint,
+            &client,
+            primary,
+            node,
+            data_dir,
+            started,
+            full_verify,
+        )
+        .await
+        {
             Ok(Attempt::Busy(wait)) => {
                 tracing::info!(
                     wait_ms = wait.as_millis() as u64,
@@ -885,6 +917,7 @@ async fn bootstrap_once(
     node: &str,
     data_dir: &Path,
     started: Instant,
+    full_verify: bool,
 ) -> Result<Attempt, ReplError> {
     let unavailable = |e: String| Ok(Attempt::Done(Bootstrap::Unavailable(e)));
     let connected = tokio::time::timeout(BOOTSTRAP_CONNECT_TIMEOUT, async {
@@ -960,7 +993,7 @@ async fn bootstrap_once(
     // Only now: the close code tells the primary that every byte arrived.
     conn.close(CLOSE_SNAPSHOT_RECEIVED.into(), b"snapshot received");
     let (data, last_lsn, history) = (data_dir.to_owned(), rx.last_lsn(), rx.history().to_vec());
-    tokio::task::spawn_blocking(move || verify_and_install(&data, last_lsn, &history))
+    tokio::task::spawn_blocking(move || verify_and_install(&data, last_lsn, &history, full_verify))
         .await
         .map_err(|e| ReplError::Protocol(e.to_string()))??;
     Ok(Attempt::Done(Bootstrap::Installed(SnapshotInstalled {
@@ -1045,13 +1078,20 @@ pub fn verify_and_install(
     data_dir: &Path,
     last_lsn: Lsn,
     history: &[(u64, Lsn)],
+    full_verify: bool,
 ) -> Result<(), ReplError> {
     let incoming = data_dir.join(INCOMING_DIR);
     let engine = Engine::open(&incoming, EngineOptions::default())
         .map_err(|e| bad(format!("the snapshot does not open as a store: {e}")))?;
-    let report = engine
-        .verify()
-        .map_err(|e| bad(format!("verifying the snapshot: {e}")))?;
+    // The transfer digest was checked already; the full logical check (every index entry, every
+    // order state recomputed) is most of a bootstrap's time, so it is the operator's choice.
+    let report = if full_verify {
+        engine
+            .verify()
+            .map_err(|e| bad(format!("verifying the snapshot: {e}")))?
+    } else {
+        trackstore_engine::VerifyReport::default()
+    };
     if !report.is_ok() {
         return Err(bad(format!(
             "the snapshot fails verification with {} problem(s): {}",
@@ -1335,15 +1375,15 @@ mod tests {
         let history = source.epoch_history();
         let target = trackstore_engine::db_path(&data);
 
-        let err = verify_and_install(&data, Lsn(24), &history).expect_err("wrong end");
+        let err = verify_and_install(&data, Lsn(24), &history, true).expect_err("wrong end");
         assert!(err.to_string().contains("ends at LSN 25"), "{err}");
         assert!(!target.exists(), "nothing installed");
-        let err = verify_and_install(&data, Lsn(25), &[(1, Lsn(1)), (2, Lsn(9))])
+        let err = verify_and_install(&data, Lsn(25), &[(1, Lsn(1)), (2, Lsn(9))], false)
             .expect_err("wrong history");
         assert!(err.to_string().contains("epoch history"), "{err}");
         assert!(!target.exists(), "nothing installed");
 
-        verify_and_install(&data, Lsn(25), &history).expect("a good snapshot installs");
+        verify_and_install(&data, Lsn(25), &history, true).expect("a good snapshot installs");
         assert!(!incoming.exists(), "the incoming directory is gone");
         let installed = Engine::open(&data, EngineOptions::default()).expect("open");
         assert_eq!(installed.last_lsn(), Lsn(25));
@@ -1359,7 +1399,7 @@ mod tests {
         source.checkpoint(&incoming).expect("checkpoint");
         std::fs::remove_file(trackstore_engine::db_path(&incoming).join("CURRENT"))
             .expect("remove CURRENT");
-        let err = verify_and_install(&data, Lsn(5), &source.epoch_history())
+        let err = verify_and_install(&data, Lsn(5), &source.epoch_history(), false)
             .expect_err("a store without CURRENT");
         assert!(err.to_string().contains("snapshot"), "{err}");
         assert!(!trackstore_engine::db_path(&data).exists());

@@ -291,6 +291,9 @@ impl Sim {
                         next_send: start_from,
                     });
                     Frame::Welcome {
+                        // The in-memory logs hold no encoded entries; the digest check is the
+                        // QUIC shell's (replica.rs).
+                        prev_digest: 0,
                         history: view
                             .history
                             .entries()
@@ -347,6 +350,7 @@ impl Sim {
                 epoch,
                 last_lsn,
                 start_from,
+                ..
             } => {
                 let history =
                     EpochHistory::new(history.into_iter().map(|(e, l)| (e, Lsn(l))).collect())

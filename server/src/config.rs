@@ -48,6 +48,18 @@ pub enum Durability {
     NosyncUnsafe,
 }
 
+/// How a replica checks a snapshot before installing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotVerify {
+    /// The SHA-256 of every byte sent, the store opens, and it ends at the announced LSN with the
+    /// announced epoch history (RocksDB checks each block's checksum as it is read later).
+    Digest,
+    /// All of `digest`, plus the full logical check of `trackctl verify` (every index entry against
+    /// the log, every order state recomputed): about ten times slower.
+    Full,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {
@@ -65,6 +77,8 @@ pub struct Config {
     pub replica_of: Option<String>,
     /// Primary: an empty replica is sent a snapshot instead of the log from this many entries on.
     pub replication_snapshot_min_lsn: u64,
+    /// Replica: the checks a received snapshot must pass before it is installed.
+    pub replication_snapshot_verify: SnapshotVerify,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -120,6 +134,7 @@ impl Default for Config {
             replication: Listen::On(([127, 0, 0, 1], 7443).into()),
             replica_of: None,
             replication_snapshot_min_lsn: 1_000_000,
+            replication_snapshot_verify: SnapshotVerify::Digest,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -168,6 +183,15 @@ pub struct Flags {
         value_name = "LSN"
     )]
     pub replication_snapshot_min_lsn: Option<u64>,
+    /// Replica: how a received snapshot is checked before it is installed: `digest` (transfer
+    /// SHA-256, the store opens at the announced LSN and epochs) or `full` (also every index entry
+    /// and order state, like `trackctl verify`). Default digest.
+    #[arg(
+        long,
+        env = "TRACKSTORE_REPLICATION_SNAPSHOT_VERIFY",
+        value_name = "MODE"
+    )]
+    pub replication_snapshot_verify: Option<SnapshotVerify>,
     /// CA that signs every node's certificate.
     #[arg(long, env = "TRACKSTORE_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -226,6 +250,7 @@ pub struct File {
     pub replication: Option<Listen>,
     pub replica_of: Option<String>,
     pub replication_snapshot_min_lsn: Option<u64>,
+    pub replication_snapshot_verify: Option<SnapshotVerify>,
     pub tls_ca: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -302,6 +327,10 @@ impl Config {
                 .replication_snapshot_min_lsn
                 .or(file.replication_snapshot_min_lsn)
                 .unwrap_or(d.replication_snapshot_min_lsn),
+            replication_snapshot_verify: f
+                .replication_snapshot_verify
+                .or(file.replication_snapshot_verify)
+                .unwrap_or(d.replication_snapshot_verify),
             tls_ca: f.tls_ca.or(file.tls_ca),
             tls_cert: f.tls_cert.or(file.tls_cert),
             tls_key: f.tls_key.or(file.tls_key),

@@ -86,6 +86,8 @@ pub struct Metrics {
     replication_entries: Family<DirectionLabels, Gauge>,
     replication_reconnects: Gauge,
     replication_replicas: Gauge,
+    replication_snapshots: Family<OutcomeLabels, Gauge>,
+    replication_snapshot_bytes: Gauge,
     epoch: Gauge,
 }
 
@@ -141,6 +143,8 @@ impl Metrics {
             replication_entries: Family::default(),
             replication_reconnects: Gauge::default(),
             replication_replicas: Gauge::default(),
+            replication_snapshots: Family::default(),
+            replication_snapshot_bytes: Gauge::default(),
             epoch: Gauge::default(),
             registry: Registry::default(),
         };
@@ -262,6 +266,16 @@ impl Metrics {
             "Primary: replicas connected now",
             m.replication_replicas.clone(),
         );
+        r.register(
+            "replication_snapshots",
+            "Primary: snapshots for replica bootstrap, by outcome (served, failed, busy)",
+            m.replication_snapshots.clone(),
+        );
+        r.register(
+            "replication_snapshot_sent_bytes",
+            "Primary: bytes of snapshots sent to replicas",
+            m.replication_snapshot_bytes.clone(),
+        );
         r.register("epoch", "This node's epoch", m.epoch.clone());
         Metrics { registry, ..m }
     }
@@ -312,6 +326,17 @@ impl Metrics {
                 self.replication_entries
                     .get_or_create(&dir("sent"))
                     .set(p.entries_shipped.load(Relaxed) as i64);
+                for (outcome, n) in [
+                    ("served", &p.snapshots_served),
+                    ("failed", &p.snapshots_failed),
+                    ("busy", &p.snapshots_busy),
+                ] {
+                    self.replication_snapshots
+                        .get_or_create(&OutcomeLabels { outcome })
+                        .set(n.load(Relaxed) as i64);
+                }
+                self.replication_snapshot_bytes
+                    .set(p.snapshot_bytes_sent.load(Relaxed) as i64);
             }
         }
     }

@@ -82,7 +82,8 @@ pub async fn bootstrap_if_empty(
         return Ok(None);
     }
     tracing::info!(%primary, "no store yet: asking the primary for a snapshot");
-    match replica::bootstrap(&config.data, tls, primary, &node_name()).await {
+    let full_verify = config.replication_snapshot_verify == crate::config::SnapshotVerify::Full;
+    match replica::bootstrap(&config.data, tls, primary, &node_name(), full_verify).await {
         Ok(Bootstrap::Installed(info)) => {
             tracing::info!(
                 last_lsn = info.last_lsn.0,

@@ -511,3 +511,44 @@ fn replica_of_without_a_ca_is_a_clear_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--tls-ca"), "stderr: {err}");
 }
+
+/// Two nodes that both wrote epoch 1 on their own (two primaries with the same epoch number): their
+/// epoch histories agree, their logs do not. The divergence-point digest of `Welcome` makes the
+/// would-be replica refuse to follow instead of stacking the other log on a different prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_log_that_differs_under_the_same_epoch_is_refused_not_merged() {
+    let certs = Certs::new(&["primary", "replica"]);
+    let (pp, rp) = (free_udp_port(), free_udp_port());
+    let primary = Server::start_with(&refs(&certs.args("primary", pp, None)));
+    let mut other = Server::start_with(&refs(&certs.args("replica", rp, None)));
+    let t0 = base_time(60_000);
+    let mut pc = primary.client(Proto::H1).await;
+    ingest(&mut pc, "p", 0, 10, t0).await;
+    let mut oc = other.client(Proto::H1).await;
+    ingest(&mut oc, "o", 0, 10, t0).await;
+    let before = digest(&mut oc).await;
+    other.stop();
+    other.restart_with(&refs(&certs.args("replica", rp, Some(pp))));
+    let mut oc = other.client(Proto::H1).await;
+    ingest(&mut pc, "p", 10, 5, t0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = admin(&mut oc).await;
+        if s["refused"].is_string() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("same epoch number")),
+        "the replica must refuse to follow: {status}"
+    );
+    assert_eq!(status["quarantined"], 0, "{status}");
+    assert_eq!(
+        digest(&mut oc).await,
+        before,
+        "nothing was applied or truncated"
+    );
+}

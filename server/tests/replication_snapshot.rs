@@ -192,11 +192,10 @@ async fn fresh_replicas_bootstrap_from_a_snapshot_then_follow_the_log() {
 
     // Two empty replicas at once: both get the snapshot (one waits while the other is served).
     let started = Instant::now();
-    let mut replicas = start_together(vec![
-        certs.args("r1", rp1, Some(pp)),
-        certs.args("r2", rp2, Some(pp)),
-    ])
-    .await;
+    // r1 checks its snapshot by digest (the default), r2 also with the full logical verification.
+    let mut r2 = certs.args("r2", rp2, Some(pp));
+    r2.extend(["--replication-snapshot-verify".into(), "full".into()]);
+    let mut replicas = start_together(vec![certs.args("r1", rp1, Some(pp)), r2]).await;
     let bootstrap_time = started.elapsed();
     let mut clients = Vec::new();
     for r in &replicas {
@@ -219,6 +218,16 @@ async fn fresh_replicas_bootstrap_from_a_snapshot_then_follow_the_log() {
     assert_eq!(pstatus["snapshot"]["served"], 2, "{pstatus}");
     assert_eq!(pstatus["snapshot"]["failed"], 0, "{pstatus}");
     assert_eq!(pstatus["snapshot"]["in_progress"], false, "{pstatus}");
+    let metrics = pc.get("/metrics").await.text();
+    assert!(
+        metrics.contains("trackstore_replication_snapshots{outcome=\"served\"} 2"),
+        "the snapshot metric counts both: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(
         leftover_snapshots(&primary),
         Vec::<String>::new(),
