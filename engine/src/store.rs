@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    LruCacheOptions, Options,
 };
 
 use crate::error::{Error, Result};
@@ -107,9 +108,21 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     o
 }
 
+/// log2 of the block cache's shard count; see `open`.
+const CACHE_SHARD_BITS: i32 = 2;
+
 /// Opens (creating if missing) the database at `path`.
 pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
-    let cache = Cache::new_lru_cache(tuning.block_cache_bytes);
+    // Few, large shards. A block bigger than its shard is evicted as soon as it is released, and the
+    // default sharding (64 shards: 8 MiB each for 512 MiB) is smaller than the one full Bloom filter
+    // of a large `event_ids` SST (10 bits/key: 6.8M keys = 8.5 MB). Past that size every append's
+    // idempotency lookup re-read and re-checksummed the whole filter from the file: the writer thread
+    // went CPU-bound at ~800 events/s (bench/RESULTS.md, issue 3). Four shards of 128 MiB hold a
+    // filter of ~100M keys; the cache's mutex is not contended on 2 cores.
+    let mut cache_opts = LruCacheOptions::default();
+    cache_opts.set_capacity(tuning.block_cache_bytes);
+    cache_opts.set_num_shard_bits(CACHE_SHARD_BITS);
+    let cache = Cache::new_lru_cache_opts(&cache_opts);
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
