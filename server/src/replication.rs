@@ -22,6 +22,9 @@ use crate::config::{Config, Listen};
 use crate::metrics::Metrics;
 use crate::server::ServerError;
 
+/// How long shutdown waits for the follower and the replication listener before cancelling them.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
     Primary,
@@ -42,6 +45,8 @@ pub struct Replication {
     shutdown: watch::Receiver<bool>,
     /// Serialises promotions.
     promoting: tokio::sync::Mutex<()>,
+    /// The follower and the replication listener: awaited at shutdown so that the engine is released.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// How the replication listener serves replicas (primary role).
     primary_options: PrimaryOptions,
 }
@@ -125,6 +130,7 @@ impl Replication {
             head,
             shutdown,
             promoting: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
             primary_options: PrimaryOptions::default(),
         })
     }
@@ -164,6 +170,7 @@ impl Replication {
             head,
             shutdown,
             promoting: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
             primary_options: PrimaryOptions {
                 snapshot_min_lsn: config.replication_snapshot_min_lsn,
             },
@@ -236,7 +243,7 @@ impl Replication {
         let this = self.clone();
         let engine = self.engine.clone();
         let status = self.replica_status.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let promoted =
                 replica::follow(engine, endpoint, client, options, status, on_applied, rx).await;
             if let Some((epoch, start)) = promoted {
@@ -251,7 +258,31 @@ impl Replication {
                 }
             }
         });
+        self.tasks.lock().expect("tasks lock").push(task);
         Ok(())
+    }
+
+    /// Stops following and serving replicas (the listener stops on the shutdown signal; the follower
+    /// when its control channel closes) and waits for both, so that nothing holds the engine after.
+    pub async fn stop(&self) {
+        drop(self.control.lock().expect("control lock").take());
+        loop {
+            let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+            if tasks.is_empty() {
+                return;
+            }
+            for mut task in tasks {
+                // A follower stuck connecting to an unreachable primary would wait for QUIC's idle
+                // timeout: bound the wait, then cancel it.
+                if tokio::time::timeout(SHUTDOWN_WAIT, &mut task)
+                    .await
+                    .is_err()
+                {
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
+        }
     }
 
     async fn start_listener(self: &Arc<Self>) -> Result<(), ServerError> {
@@ -277,7 +308,7 @@ impl Replication {
         let bound = endpoint.local_addr().unwrap_or(addr);
         *self.listening.lock().expect("listening lock") = Some(bound);
         tracing::info!(%bound, "replication listener ready");
-        tokio::spawn(primary::serve(
+        let task = tokio::spawn(primary::serve(
             endpoint,
             self.engine.clone(),
             self.primary_state.clone(),
@@ -285,6 +316,7 @@ impl Replication {
             self.head.clone(),
             self.shutdown.clone(),
         ));
+        self.tasks.lock().expect("tasks lock").push(task);
         Ok(())
     }
 

@@ -273,6 +273,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     while tasks.join_next().await.is_some() {}
     drop(shared);
     drop(app);
+    replication.stop().await;
+    drop(replication);
     let e = engine.clone();
     let flushed = tokio::task::spawn_blocking(move || e.flush()).await;
     if let Ok(Err(err)) = flushed {

@@ -211,6 +211,11 @@ async fn a_replica_converges_catches_up_and_refuses_writes() {
 
     // Catch-up after downtime: the replica misses 50k events, then resumes from its own next LSN.
     assert!(replica.stop().success());
+    assert!(
+        !replica.stderr().contains("engine still referenced"),
+        "the follower must release the engine at shutdown: {}",
+        replica.stderr()
+    );
     ingest(&mut pc, "b", 0, 50_000, t0).await;
     replica.restart();
     let mut rc = replica.client(Proto::H1).await;
