@@ -147,9 +147,7 @@ pub enum Control {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    trackstore_engine::Timestamp::now().as_millis()
 }
 
 /// Follows the primary until promoted (returns the new epoch) or until `control` is closed.

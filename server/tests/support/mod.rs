@@ -8,6 +8,8 @@
     reason = "each test target uses a different part of the support module"
 )]
 
+pub mod cluster;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
