@@ -16,6 +16,9 @@ use crate::transport::{Connection, Request, Response, encode};
 /// The largest error body read from a refused stream request.
 const STREAM_ERROR_BODY_MAX: usize = 64 * 1024;
 
+/// The response header of `DELETE /v1/orders/{id}` that repeats the erasure's LSN.
+pub const ERASURE_LSN_HEADER: &str = "trackstore-erasure-lsn";
+
 /// An event as a client sends it (DESIGN.md §1). Times are RFC 3339 text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -212,6 +215,38 @@ pub struct ReplicaStatus {
     pub extra: Map<String, Value>,
 }
 
+/// `DELETE /v1/orders/{id}`: the receipt of an erasure. Keep it: `lsn` and `order_id` are what
+/// [`Connection::erasure_record`] checks later (the server stores only a salted digest of the id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureReceipt {
+    pub order_id: String,
+    /// The LSN of the erasure entry in the log.
+    pub lsn: u64,
+    pub erased_at: String,
+    /// Events removed.
+    pub events: u64,
+}
+
+/// `GET /v1/admin/erasures/{lsn}`: what the store remembers of an erasure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureRecord {
+    pub lsn: u64,
+    pub erased_at: String,
+    /// Events removed.
+    pub events: u64,
+    /// Whether the erasure was of the order id asked about; present exactly when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id_matches: Option<bool>,
+}
+
+/// `POST /v1/admin/purge`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    pub purged: bool,
+    /// How long the purge took on the server.
+    pub seconds: f64,
+}
+
 /// `GET /v1/orders/{id}/events` parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TimelineQuery {
@@ -373,6 +408,63 @@ impl Connection {
         self.send_ok(req).await?.json()
     }
 
+    /// `DELETE /v1/orders/{id}`: erases every event and all state of the order (irreversible; the
+    /// data leaves the disk at the next purge). An order without events is [`Error::Api`] 404
+    /// (`not-found`); a replica answers 503 `read-only-replica` naming its primary. Not safe to
+    /// retry blindly: if the answer is lost, a second call finds nothing (404) and the receipt is
+    /// gone, though the erasure's LSN is in the server's audit log.
+    pub async fn erase_order(&self, order_id: &str) -> Result<ErasureReceipt, Error> {
+        let req = Request::new(
+            http::Method::DELETE,
+            format!("/v1/orders/{}", encode(order_id)),
+        );
+        let resp = self.send_ok(req).await?;
+        let receipt: ErasureReceipt = resp.json()?;
+        // The header is what proxies and the audit trail see; a disagreement is a server bug that
+        // would make the receipt unverifiable.
+        if let Some(h) = resp.header(ERASURE_LSN_HEADER)
+            && h.trim().parse::<u64>().ok() != Some(receipt.lsn)
+        {
+            return Err(Error::Decode(format!(
+                "the {ERASURE_LSN_HEADER} header {h:?} differs from the receipt's lsn {}",
+                receipt.lsn
+            )));
+        }
+        if receipt.order_id != order_id {
+            return Err(Error::Decode(format!(
+                "the receipt names order {:?}, not {order_id:?}",
+                receipt.order_id
+            )));
+        }
+        Ok(receipt)
+    }
+
+    /// `GET /v1/admin/erasures/{lsn}[?order_id=...]`: the record of the erasure at `lsn` and, given
+    /// an order id, whether it was of that order (`order_id_matches` is then always set). No
+    /// erasure at `lsn` is [`Error::Api`] 404 (`not-found`).
+    pub async fn erasure_record(
+        &self,
+        lsn: u64,
+        order_id: Option<&str>,
+    ) -> Result<ErasureRecord, Error> {
+        let path = Query::new(&format!("/v1/admin/erasures/{lsn}")).add("order_id", order_id);
+        let record: ErasureRecord = self.get_json(&path.0).await?;
+        if order_id.is_some() && record.order_id_matches.is_none() {
+            return Err(Error::Decode(format!(
+                "the erasure record at LSN {lsn} does not say whether it matches the order id"
+            )));
+        }
+        Ok(record)
+    }
+
+    /// `POST /v1/admin/purge`: makes erased and expired data leave the disk. Heavy (a full
+    /// compaction), and bounded by the server's request timeout as any request; one runs at a
+    /// time (409 `purge-running`).
+    pub async fn purge(&self) -> Result<PurgeReport, Error> {
+        let req = Request::new(http::Method::POST, "/v1/admin/purge");
+        self.send_ok(req).await?.json()
+    }
+
     /// `GET /v1/stream`: subscribes and returns once the server accepted (the response head), so a
     /// refusal (400, 503 with too many subscribers) is an error here. Over HTTP/1.1 the stream
     /// holds the connection until dropped; use a connection of its own.
@@ -471,6 +563,28 @@ mod tests {
             q.0,
             "/v1/events?from=2026-01-01T00%3A00%3A00%2B01%3A00&limit=5"
         );
+    }
+
+    #[test]
+    fn erasure_documents_parse_as_the_server_sends_them() {
+        let r: ErasureReceipt = serde_json::from_str(
+            r#"{"order_id":"o-1","lsn":42,"erased_at":"2026-01-01T00:00:00.000Z","events":3}"#,
+        )
+        .unwrap();
+        assert_eq!((r.lsn, r.events, r.order_id.as_str()), (42, 3, "o-1"));
+        let plain: ErasureRecord =
+            serde_json::from_str(r#"{"lsn":42,"erased_at":"2026-01-01T00:00:00.000Z","events":3}"#)
+                .unwrap();
+        assert_eq!(plain.order_id_matches, None);
+        let checked: ErasureRecord = serde_json::from_str(
+            r#"{"lsn":42,"erased_at":"2026-01-01T00:00:00.000Z","events":3,
+                "order_id_matches":false}"#,
+        )
+        .unwrap();
+        assert_eq!(checked.order_id_matches, Some(false));
+        assert!(serde_json::from_str::<ErasureReceipt>(r#"{"lsn":42}"#).is_err());
+        let p: PurgeReport = serde_json::from_str(r#"{"purged":true,"seconds":0.25}"#).unwrap();
+        assert!(p.purged && p.seconds == 0.25);
     }
 
     #[test]

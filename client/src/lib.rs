@@ -10,7 +10,8 @@
 //!   reconnects when the server closed it. [`Connection::send`] is the raw exchange.
 //! - `api`: the API's documents ([`Event`], [`StoredEvent`], [`OrderState`], [`Stats`]...) and one
 //!   method per operation on [`Connection`] (`ingest`, `order`, `timeline`, `orders`, `range`,
-//!   `stats`, `subscribe`, `replication`, `promote`).
+//!   `stats`, `subscribe`, `replication`, `promote`, and the data protection admin calls
+//!   `erase_order`, `erasure_record`, `purge`).
 //! - `sse`: the incremental Server-Sent Events parser ([`SseParser`]) and [`EventStream`].
 //! - `error`: [`Error`], with the server's RFC 9457 [`Problem`] parsed.
 //!
@@ -37,9 +38,10 @@ mod tls;
 mod transport;
 
 pub use api::{
-    Event, EventPage, IngestFormat, IngestResponse, IngestResult, Location, OrderPage, OrderState,
-    OrdersQuery, Outcome, RangeQuery, ReplicaStatus, ReplicationState, Stats, StoredEvent,
-    StreamQuery, TimelineQuery,
+    ERASURE_LSN_HEADER, ErasureReceipt, ErasureRecord, Event, EventPage, IngestFormat,
+    IngestResponse, IngestResult, Location, OrderPage, OrderState, OrdersQuery, Outcome,
+    PurgeReport, RangeQuery, ReplicaStatus, ReplicationState, Stats, StoredEvent, StreamQuery,
+    TimelineQuery,
 };
 pub use config::{ClientConfig, ClientIdentity, Proto, Trust};
 pub use error::{ApiError, Error, FieldError, Problem};

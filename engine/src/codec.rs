@@ -24,11 +24,21 @@
 //! [str16 carrier, i64 at, u64 lsn] [f64 lat, f64 lon, [str16 name], i64 at, u64 lsn] [i64 eta, i64 at, u64 lsn]
 //! ```
 //!
+//! Tombstone (in `log`, kind 2): u8 format = 1, u8 kind = 2, u64 lsn, i64 removed at, u64 LSN of the
+//! removal.
+//!
+//! Removal (in `log`, kind 3): u8 format = 1, u8 kind = 3, u64 lsn, i64 at, u8 removal kind, then for
+//! an erasure (1) 16 bytes salt ‖ 32 bytes digest, for retention (2) i64 before; then u32 count ‖
+//! count × u64 removed LSN, ascending.
+//!
+//! Erasure record (`meta/erasure/LSN`): u8 format = 1, i64 erased at, u64 events, salt, digest.
+//!
 //! Stats (`meta/stats`): u8 format = 1, u64 orders, u64 events, u64 last_lsn, 12 × u64 orders by status.
 //! Epoch (`meta/epoch/N`): u8 format = 1, u64 first LSN of the epoch.
 
 use serde_json::Value;
 
+use crate::entry::{ErasureRecord, LogEntry, Removal, RemovalKind, SALT_BYTES};
 use crate::event::{Event, Location, Lsn, Status, StoredEvent, attributes_json};
 use crate::keys::TimePos;
 use crate::state::{OrderState, Stamped, Stats};
@@ -36,6 +46,10 @@ use crate::time::Timestamp;
 
 const FORMAT_V1: u8 = 1;
 const KIND_EVENT: u8 = 1;
+const KIND_ERASED: u8 = 2;
+const KIND_REMOVAL: u8 = 3;
+const REMOVAL_ERASURE: u8 = 1;
+const REMOVAL_RETENTION: u8 = 2;
 
 /// A stored value that does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -257,6 +271,135 @@ pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, ValueError> {
         lsn,
         received_at,
         event,
+    })
+}
+
+/// Encodes any log entry; an event's encoding is `encode_event`'s.
+pub fn encode_log_entry(entry: &LogEntry) -> Vec<u8> {
+    match entry {
+        LogEntry::Event(e) => encode_event(e),
+        LogEntry::Erased { lsn, at, by } => encode_tombstone(*lsn, *at, *by),
+        LogEntry::Removal(r) => {
+            let mut w = Writer(Vec::with_capacity(64 + 8 * r.lsns.len()));
+            w.u8(FORMAT_V1);
+            w.u8(KIND_REMOVAL);
+            w.u64(r.lsn.0);
+            w.i64(r.at.as_millis());
+            match &r.kind {
+                RemovalKind::Erasure { salt, digest } => {
+                    w.u8(REMOVAL_ERASURE);
+                    w.0.extend_from_slice(salt);
+                    w.0.extend_from_slice(digest);
+                }
+                RemovalKind::Retention { before } => {
+                    w.u8(REMOVAL_RETENTION);
+                    w.i64(before.as_millis());
+                }
+            }
+            let count = u32::try_from(r.lsns.len()).expect("removals are bounded far below 2^32");
+            w.0.extend_from_slice(&count.to_be_bytes());
+            for l in &r.lsns {
+                w.u64(l.0);
+            }
+            w.0
+        }
+    }
+}
+
+pub fn encode_tombstone(lsn: Lsn, at: Timestamp, by: Lsn) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(26));
+    w.u8(FORMAT_V1);
+    w.u8(KIND_ERASED);
+    w.u64(lsn.0);
+    w.i64(at.as_millis());
+    w.u64(by.0);
+    w.0
+}
+
+/// Whether a log value is an event (not a tombstone or a removal), without decoding it.
+pub fn is_event(bytes: &[u8]) -> Result<bool, ValueError> {
+    let mut r = Reader {
+        buf: bytes,
+        what: "log entry",
+    };
+    r.format()?;
+    Ok(r.u8()? == KIND_EVENT)
+}
+
+pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, ValueError> {
+    let mut r = Reader {
+        buf: bytes,
+        what: "log entry",
+    };
+    r.format()?;
+    match r.u8()? {
+        KIND_EVENT => decode_event(bytes).map(LogEntry::Event),
+        KIND_ERASED => {
+            let lsn = Lsn(r.u64()?);
+            let at = r.time()?;
+            let by = Lsn(r.u64()?);
+            r.finish(LogEntry::Erased { lsn, at, by })
+        }
+        KIND_REMOVAL => {
+            let lsn = Lsn(r.u64()?);
+            let at = r.time()?;
+            let kind = match r.u8()? {
+                REMOVAL_ERASURE => RemovalKind::Erasure {
+                    salt: r.take(SALT_BYTES)?.try_into().expect("salt length"),
+                    digest: r.take(32)?.try_into().expect("32 bytes"),
+                },
+                REMOVAL_RETENTION => RemovalKind::Retention { before: r.time()? },
+                _ => return Err(r.err("unknown removal kind")),
+            };
+            let count = u32::from_be_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
+            if count > r.buf.len() / 8 {
+                return Err(r.err("removal count beyond the value"));
+            }
+            let mut lsns = Vec::with_capacity(count);
+            for _ in 0..count {
+                let l = Lsn(r.u64()?);
+                if lsns.last().is_some_and(|p: &Lsn| *p >= l) || l >= lsn {
+                    return Err(r.err("removed LSNs not ascending below the removal"));
+                }
+                lsns.push(l);
+            }
+            r.finish(LogEntry::Removal(Removal {
+                lsn,
+                at,
+                kind,
+                lsns,
+            }))
+        }
+        _ => Err(r.err("unknown entry kind")),
+    }
+}
+
+pub fn encode_erasure_record(r: &ErasureRecord) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(65));
+    w.u8(FORMAT_V1);
+    w.i64(r.erased_at.as_millis());
+    w.u64(r.events);
+    w.0.extend_from_slice(&r.salt);
+    w.0.extend_from_slice(&r.digest);
+    w.0
+}
+
+pub fn decode_erasure_record(lsn: Lsn, bytes: &[u8]) -> Result<ErasureRecord, ValueError> {
+    let mut r = Reader {
+        buf: bytes,
+        what: "erasure record",
+    };
+    r.format()?;
+    let erased_at = r.time()?;
+    let events = r.u64()?;
+    let salt = r.take(SALT_BYTES)?.try_into().expect("salt length");
+    let digest = r.take(32)?.try_into().expect("32 bytes");
+    r.finish(ErasureRecord {
+        lsn,
+        erased_at,
+        events,
+        salt,
+        digest,
     })
 }
 
@@ -530,6 +673,30 @@ mod tests {
         }
 
         #[test]
+        fn removals_and_tombstones_round_trip(
+            lsn in 2u64..1 << 40,
+            at in 0i64..4_000_000_000_000,
+            picks in proptest::collection::btree_set(1u64..1 << 40, 0..50),
+            erasure in any::<bool>(),
+            salt in any::<[u8; SALT_BYTES]>(),
+        ) {
+            let at = Timestamp::from_millis(at).expect("in range");
+            let kind = if erasure {
+                RemovalKind::Erasure { salt, digest: crate::entry::order_digest(&salt, "o-1") }
+            } else {
+                RemovalKind::Retention { before: at }
+            };
+            let lsns = picks.into_iter().filter(|l| *l < lsn).map(Lsn).collect();
+            let removal = LogEntry::Removal(Removal { lsn: Lsn(lsn), at, kind, lsns });
+            let bytes = encode_log_entry(&removal);
+            prop_assert_eq!(event_lsn(&bytes), Ok(Lsn(lsn)));
+            prop_assert_eq!(decode_log_entry(&bytes), Ok(removal));
+            prop_assert!(decode_event(&bytes).is_err(), "a removal is not an event");
+            let tomb = LogEntry::Erased { lsn: Lsn(lsn - 1), at, by: Lsn(lsn) };
+            prop_assert_eq!(decode_log_entry(&encode_log_entry(&tomb)), Ok(tomb));
+        }
+
+        #[test]
         fn states_round_trip(events in proptest::collection::vec(arbitrary::event(), 1..6)) {
             let stored: Vec<StoredEvent> = events.into_iter().enumerate().map(|(i, event)| StoredEvent {
                 lsn: Lsn(i as u64 + 1), received_at: Timestamp::MIN, event,
@@ -554,6 +721,8 @@ mod tests {
         #[test]
         fn decoders_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = decode_event(&bytes);
+            let _ = decode_log_entry(&bytes);
+            let _ = decode_erasure_record(Lsn(1), &bytes);
             let _ = decode_state(&bytes);
             let _ = decode_stats(&bytes);
             let _ = decode_epoch_start(&bytes);

@@ -1,7 +1,7 @@
 //! The engine handle: open, append, replicate, subscribe to commits. Queries are in `query`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use rocksdb::DB;
 
 use crate::codec;
 use crate::cursor::CursorSealer;
+use crate::entry::{ErasureReceipt, LogEntry, Removal, RetentionReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, StoredEvent};
 use crate::keys;
@@ -49,6 +50,9 @@ pub struct CommitInfo<'a> {
     pub write_time: Duration,
     /// The group's new events in LSN order.
     pub new_events: &'a [StoredEvent],
+    /// LSNs of events removed by this commit (erasure, retention): subscribers and caches must forget
+    /// them. Ascending.
+    pub removed: &'a [Lsn],
 }
 
 type Listener = Box<dyn Fn(&CommitInfo<'_>) + Send + Sync>;
@@ -88,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) read_only: RwLock<Option<String>>,
     /// The highest epoch heard of (durable in `meta`). Above the node's own epoch it is fenced.
     pub(crate) known_epoch: AtomicU64,
+    /// The oldest LSN the log holds (durable in `meta`; 1 until a removal trimmed the log's prefix).
+    pub(crate) first_lsn: AtomicU64,
 }
 
 /// An open store. Reads may be called from any number of threads; writes are queued to one writer
@@ -154,16 +160,23 @@ impl Engine {
         };
         // The stats record and the log are written in the same batch: check they agree.
         let last = last_log_entry(&db)?;
-        let last_lsn = last.as_ref().map(|e| e.lsn).unwrap_or_default();
+        let last_lsn = last.as_ref().map(LogEntry::lsn).unwrap_or_default();
         if last_lsn != stats.last_lsn {
             return Err(Error::Corrupt(format!(
                 "the log ends at LSN {last_lsn} but the stats record says {}",
                 stats.last_lsn
             )));
         }
-        let last_received = last.map(|e| e.received_at).unwrap_or(Timestamp::MIN);
+        let last_received = last.map(|e| e.received_at()).unwrap_or(Timestamp::MIN);
         let epochs = read_epochs(&db)?;
         let own_epoch = epochs.last().map_or(0, |(e, _)| *e);
+        let first_lsn = match db.get_pinned_cf(meta, keys::META_FIRST_LSN)? {
+            Some(v) => u64::from_be_bytes(
+                (*v).try_into()
+                    .map_err(|_| Error::Corrupt("the first LSN is not 8 bytes".into()))?,
+            ),
+            None => 1,
+        };
         let known_epoch = match db.get_pinned_cf(meta, keys::META_KNOWN_EPOCH)? {
             Some(v) => u64::from_be_bytes(
                 (*v).try_into()
@@ -192,6 +205,7 @@ impl Engine {
             epochs: RwLock::new(epochs),
             read_only: RwLock::new(read_only),
             known_epoch: AtomicU64::new(known_epoch),
+            first_lsn: AtomicU64::new(first_lsn),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();
@@ -267,24 +281,20 @@ impl Engine {
     }
 
     /// Applies entries numbered by a primary (replica side), through the same planner and writer as
-    /// local appends. They must continue this log exactly and come from one `epoch` of the primary
-    /// (recorded in the epoch history at the batch's first LSN when it is new here); the batch is
-    /// atomic. Only a read-only node (a replica) applies entries. Returns the last LSN.
-    pub fn apply_replicated(&self, entries: Vec<StoredEvent>, epoch: u64) -> Result<Lsn> {
+    /// local appends (and the same removal code for erasures and retention). They must continue this
+    /// log exactly and come from one `epoch` of the primary (recorded in the epoch history at the
+    /// batch's first LSN when it is new here). Events and tombstones between two removals commit
+    /// atomically; a removal commits alone. Only a read-only node (a replica) applies entries.
+    /// Returns the last LSN.
+    pub fn apply_replicated(&self, entries: Vec<LogEntry>, epoch: u64) -> Result<Lsn> {
         if entries.is_empty() {
             return Ok(self.last_lsn());
         }
-        for (index, e) in entries.iter().enumerate() {
-            // Future-dated events are judged against the primary's receive time, not our clock.
-            e.event
-                .validate(e.received_at)
-                .map_err(|error| Error::Invalid { index, error })?;
-        }
-        self.call(|reply| Command::Replicate {
-            entries,
-            epoch,
-            reply,
-        })
+        let (tx, rx) = bounded(1);
+        self.submit_replicated(entries, epoch, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.recv().map_err(|_| Error::Closed)?
     }
 
     /// Queues `apply_replicated` without waiting: `reply` runs on the writer thread once the batch is
@@ -294,7 +304,7 @@ impl Engine {
     /// batch queued after it (they no longer continue it either).
     pub fn submit_replicated(
         &self,
-        entries: Vec<StoredEvent>,
+        entries: Vec<LogEntry>,
         epoch: u64,
         reply: impl FnOnce(Result<Lsn>) + Send + 'static,
     ) -> Result<()> {
@@ -302,15 +312,112 @@ impl Engine {
             return Err(Error::BadRequest("an empty replicated batch".into()));
         }
         for (index, e) in entries.iter().enumerate() {
-            e.event
-                .validate(e.received_at)
-                .map_err(|error| Error::Invalid { index, error })?;
+            if let LogEntry::Event(e) = e {
+                // Future-dated events are judged against the primary's receive time, not our clock.
+                e.event
+                    .validate(e.received_at)
+                    .map_err(|error| Error::Invalid { index, error })?;
+            }
         }
-        self.try_send(Command::Replicate {
-            entries,
-            epoch,
-            reply: Box::new(reply),
+        let mut commands = split_replicated(entries, epoch);
+        let Some(last) = commands.pop() else {
+            return Err(Error::BadRequest("an empty replicated batch".into()));
+        };
+        // The batch's answer is its first failure: the parts after a failed one fail too, with a
+        // less telling reason. The parts are queued with a blocking send after the first so that a
+        // full queue cannot cut a batch in two.
+        // A part after a refused one must not be applied even if it happens to continue the log
+        // (the refused part was a resend of entries this store holds): the writer checks the flag
+        // before planning each part, and a part's answer comes before the next part is planned.
+        let first_error: Arc<Mutex<Option<Error>>> = Arc::default();
+        let refused: Arc<AtomicBool> = Arc::default();
+        let mut parts = Vec::with_capacity(commands.len() + 1);
+        for part in commands {
+            let (slot, flag) = (first_error.clone(), refused.clone());
+            parts.push(part.into_command(
+                refused.clone(),
+                Box::new(move |r: Result<Lsn>| {
+                    if let Err(e) = r {
+                        flag.store(true, Ordering::SeqCst);
+                        slot.lock().expect("error slot").get_or_insert(e);
+                    }
+                }),
+            ));
+        }
+        parts.push(last.into_command(
+            refused,
+            Box::new(
+                move |r: Result<Lsn>| match first_error.lock().expect("error slot").take() {
+                    Some(e) => reply(Err(e)),
+                    None => reply(r),
+                },
+            ),
+        ));
+        let mut parts = parts.into_iter();
+        self.try_send(parts.next().expect("at least one part"))?;
+        for part in parts {
+            self.sender()?.send(part).map_err(|_| Error::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Erases every event and all state of an order (GDPR): log entries become tombstones, index
+    /// entries, state and event ids are deleted, and an erasure entry naming the order only by a
+    /// salted digest is logged (it replicates). Returns the receipt, or None when the store holds no
+    /// event of the order (nothing is written). The bytes leave the disk at the next `purge`.
+    pub fn erase_order(&self, order_id: &str) -> Result<Option<ErasureReceipt>> {
+        crate::event::check_id(order_id, "order_id")
+            .map_err(|error| Error::Invalid { index: 0, error })?;
+        let order_id = order_id.to_owned();
+        self.call(|reply| Command::Erase { order_id, reply })
+    }
+
+    /// One retention step: removes up to `max_events` (at most `REMOVAL_EVENTS_MAX`) of the events
+    /// that occurred before `before`, oldest first, and orders left with no event. Call repeatedly
+    /// until it removes nothing; each step is one short write, so ingest continues between steps.
+    pub fn expire_before(&self, before: Timestamp, max_events: usize) -> Result<RetentionReport> {
+        self.call(|reply| Command::Expire {
+            before,
+            max: max_events,
+            reply,
         })
+    }
+
+    /// Makes removed data physically leave the disk: flushes the memtables (the WAL files holding
+    /// removed events are then deleted), rewrites every SST file of every column family without the
+    /// deleted entries (bottommost level included), and flushes again so that the MANIFEST, which
+    /// records the key range of each SST file, rolls over to one naming only live files. Heavy: it
+    /// rewrites the whole store; run it after erasures, not per request.
+    pub fn purge(&self) -> Result<()> {
+        let db = &self.shared.db;
+        let handles = Cf::ALL
+            .iter()
+            .map(|cf| store::handle(db, *cf))
+            .collect::<Result<Vec<_>>>()?;
+        self.flush()?;
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        compact.set_exclusive_manual_compaction(false);
+        for h in &handles {
+            db.compact_range_cf_opt(*h, None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        // Each flush is a MANIFEST write; past `MANIFEST_BYTES_MAX` the next one starts a new MANIFEST
+        // holding only the live files (those written by the compaction above).
+        let meta = store::handle(db, Cf::Meta)?;
+        let manifest = store::current_manifest(&db_path(&self.data_dir))?;
+        for _ in 0..store::PURGE_FLUSHES_MAX {
+            db.put_cf(meta, keys::META_PURGE, [])?;
+            db.flush_cf_opt(meta, &flush)?;
+            if store::current_manifest(&db_path(&self.data_dir))? != manifest {
+                return Ok(());
+            }
+        }
+        Err(Error::Corrupt(format!(
+            "the MANIFEST did not roll over after {} flushes",
+            store::PURGE_FLUSHES_MAX
+        )))
     }
 
     /// Refuses client appends from now on (a replica, or a primary stopping for a switchover), with
@@ -401,6 +508,13 @@ impl Engine {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
+    /// The oldest LSN the log holds: 1 until removals made a prefix of only tombstones and removal
+    /// entries, which is then dropped (`read_log` starts here; a replica that needs an older entry
+    /// is rebuilt from a snapshot).
+    pub fn first_lsn(&self) -> Lsn {
+        Lsn(self.shared.first_lsn.load(Ordering::SeqCst))
+    }
+
     /// The last committed (durable) LSN.
     pub fn last_lsn(&self) -> Lsn {
         *self.shared.commits.last.lock().expect("commit lock")
@@ -458,7 +572,15 @@ impl Engine {
 
     /// Flushes memtables to SST files, so that the next open replays no WAL. For graceful shutdown.
     pub fn flush(&self) -> Result<()> {
-        Ok(self.shared.db.flush()?)
+        // `DB::flush` flushes only the default column family, which holds nothing.
+        let db = &self.shared.db;
+        let handles = Cf::ALL
+            .iter()
+            .map(|cf| store::handle(db, *cf))
+            .collect::<Result<Vec<_>>>()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        Ok(db.flush_cfs_opt(&handles, &opts)?)
     }
 
     /// Compacts every column family fully (reclaims space; used to measure bytes on disk).
@@ -503,18 +625,18 @@ impl Drop for Engine {
     }
 }
 
-fn last_log_entry(db: &DB) -> Result<Option<StoredEvent>> {
+fn last_log_entry(db: &DB) -> Result<Option<LogEntry>> {
     let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
     it.seek_to_last();
     it.status()?;
     match it.item() {
         Some((k, v)) => {
             let lsn = keys::decode_log(k)?;
-            let e = codec::decode_event(v)?;
-            if e.lsn != lsn {
+            let e = codec::decode_log_entry(v)?;
+            if e.lsn() != lsn {
                 return Err(Error::Corrupt(format!(
-                    "log key {lsn} holds the event of LSN {}",
-                    e.lsn
+                    "log key {lsn} holds the entry of LSN {}",
+                    e.lsn()
                 )));
             }
             Ok(Some(e))
@@ -537,4 +659,49 @@ pub(crate) fn read_epochs(db: &DB) -> Result<Vec<(u64, Lsn)>> {
     }
     it.status()?;
     Ok(out)
+}
+
+/// One part of a replicated batch: a run of events and tombstones (one group) or one removal.
+enum ReplicatedPart {
+    Entries(Vec<LogEntry>, u64),
+    Removal(Removal, u64),
+}
+
+impl ReplicatedPart {
+    fn into_command(self, batch_refused: Arc<AtomicBool>, reply: Reply<Lsn>) -> Command {
+        match self {
+            ReplicatedPart::Entries(entries, epoch) => Command::Replicate {
+                entries,
+                epoch,
+                batch_refused,
+                reply,
+            },
+            ReplicatedPart::Removal(removal, epoch) => Command::ReplicateRemoval {
+                removal,
+                epoch,
+                batch_refused,
+                reply,
+            },
+        }
+    }
+}
+
+fn split_replicated(entries: Vec<LogEntry>, epoch: u64) -> Vec<ReplicatedPart> {
+    let mut parts = Vec::new();
+    let mut run = Vec::new();
+    for entry in entries {
+        match entry {
+            LogEntry::Removal(r) => {
+                if !run.is_empty() {
+                    parts.push(ReplicatedPart::Entries(std::mem::take(&mut run), epoch));
+                }
+                parts.push(ReplicatedPart::Removal(r, epoch));
+            }
+            other => run.push(other),
+        }
+    }
+    if !run.is_empty() {
+        parts.push(ReplicatedPart::Entries(run, epoch));
+    }
+    parts
 }

@@ -169,7 +169,19 @@ pub const META_CURSOR_KEY: &[u8] = b"cursor_key";
 pub const META_FORMAT: &[u8] = b"format";
 /// The highest epoch this node has heard of (u64be): above its own epoch, the node is fenced.
 pub const META_KNOWN_EPOCH: &[u8] = b"known_epoch";
+/// The oldest LSN the log holds (u64be); absent: 1.
+pub const META_FIRST_LSN: &[u8] = b"first_lsn";
+/// Rewritten by `purge` to make MANIFEST writes; its value is empty.
+pub const META_PURGE: &[u8] = b"purge";
 const META_EPOCH_PREFIX: &[u8] = b"epoch/";
+const META_ERASURE_PREFIX: &[u8] = b"erasure/";
+
+/// `erasure/` ‖ lsn:u64be → the record of the erasure logged at that LSN (a receipt to check).
+pub fn meta_erasure(lsn: Lsn) -> Vec<u8> {
+    let mut k = META_ERASURE_PREFIX.to_vec();
+    k.extend_from_slice(&lsn.0.to_be_bytes());
+    k
+}
 
 /// `epoch/` ‖ epoch:u64be → the first LSN of that epoch.
 pub fn meta_epoch(epoch: u64) -> Vec<u8> {

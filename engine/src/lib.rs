@@ -11,6 +11,7 @@
 //! | [`event`] | the event model, JSON parsing and validation |
 //! | [`time`] | RFC 3339 timestamps with millisecond precision |
 //! | [`keys`] | order-preserving keys of every column family |
+//! | [`entry`] | log entries: events, tombstones, removals (erasure, retention) |
 //! | [`codec`] | versioned value encodings |
 //! | [`state`] | the order state (read model) and its fold rule |
 //! | [`plan`] | events → key/value operations of one group commit |
@@ -33,12 +34,14 @@
 pub mod codec;
 pub mod cursor;
 mod engine;
+pub mod entry;
 pub mod error;
 pub mod event;
 pub mod keys;
 pub mod limits;
 pub mod plan;
 mod query;
+mod removal;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -47,6 +50,7 @@ mod verify;
 mod writer;
 
 pub use engine::{CommitInfo, Durability, Engine, EngineOptions, db_path};
+pub use entry::{ErasureReceipt, ErasureRecord, LogEntry, Removal, RemovalKind, RetentionReport};
 pub use error::{Error, Result};
 pub use event::{Event, Location, Lsn, Status, StoredEvent};
 pub use plan::Outcome;

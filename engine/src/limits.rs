@@ -47,3 +47,12 @@ const _: () = assert!(
 /// Entries one truncation (an old primary's divergent tail at rejoin) may remove; a longer tail is
 /// better rebuilt from a snapshot than held in one batch.
 pub const TRUNCATE_ENTRIES_MAX: usize = 1_000_000;
+
+/// Events one removal entry removes: the most events one erasure can remove (an order with more is
+/// refused, nothing erased) and the cap of one retention step (a sweep runs many steps). 100,000 LSNs
+/// make an 800 KB log entry, below the replication frame bound.
+pub const REMOVAL_EVENTS_MAX: usize = 100_000;
+
+/// Log entries one removal examines to drop the log's prefix of tombstones and removal entries; a
+/// longer prefix is dropped over the following removals.
+pub const TRIM_SCAN_ENTRIES_MAX: usize = 200_000;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::codec;
+use crate::entry::LogEntry;
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, Status, StoredEvent};
 use crate::keys::{self, TimePos};
@@ -207,29 +208,49 @@ impl GroupPlan {
         Ok(Outcome::Created(lsn))
     }
 
-    /// Plans entries numbered by a primary. They must continue this log exactly (next LSN, in order)
-    /// and carry ids this store does not hold; otherwise the whole batch is refused.
-    pub fn plan_replicated(
-        &mut self,
-        lookup: &impl Lookup,
-        entries: Vec<StoredEvent>,
-    ) -> Result<()> {
+    /// Plans entries numbered by a primary: events and tombstones (removals run alone, see
+    /// `removal`). They must continue this log exactly (next LSN, in order) and carry event ids this
+    /// store does not hold; otherwise the whole batch is refused.
+    pub fn plan_replicated(&mut self, lookup: &impl Lookup, entries: Vec<LogEntry>) -> Result<()> {
         let mut undo = self.undo_point();
         for entry in entries {
-            let result = if entry.lsn != self.next_lsn {
+            let result = if entry.lsn() != self.next_lsn {
                 Err(Error::Diverged(format!(
                     "expected LSN {}, got {}",
-                    self.next_lsn, entry.lsn
-                )))
-            } else if self.event_ids.contains_key(&entry.event.event_id)
-                || lookup.event_id_lsn(&entry.event.event_id)?.is_some()
-            {
-                Err(Error::Diverged(format!(
-                    "LSN {} carries event id {:?}, which this store already holds",
-                    entry.lsn, entry.event.event_id
+                    self.next_lsn,
+                    entry.lsn()
                 )))
             } else {
-                self.add_new(lookup, entry, &mut undo)
+                match entry {
+                    LogEntry::Event(e) => {
+                        if self.event_ids.contains_key(&e.event.event_id)
+                            || lookup.event_id_lsn(&e.event.event_id)?.is_some()
+                        {
+                            Err(Error::Diverged(format!(
+                                "LSN {} carries event id {:?}, which this store already holds",
+                                e.lsn, e.event.event_id
+                            )))
+                        } else {
+                            self.add_new(lookup, e, &mut undo)
+                        }
+                    }
+                    LogEntry::Erased { lsn, at, by } => {
+                        // An event removed on the primary before this replica received it: the
+                        // LSN is taken, nothing else is stored.
+                        self.ops.push(Op::Put(
+                            Cf::Log,
+                            keys::log(lsn).to_vec(),
+                            codec::encode_tombstone(lsn, at, by),
+                        ));
+                        self.stats.last_lsn = lsn;
+                        self.next_lsn = Lsn(lsn.0 + 1);
+                        Ok(())
+                    }
+                    LogEntry::Removal(r) => Err(Error::InvalidArgument(format!(
+                        "the removal at LSN {} must be applied alone",
+                        r.lsn
+                    ))),
+                }
             };
             if let Err(e) = result {
                 self.roll_back(undo);
@@ -562,10 +583,12 @@ mod tests {
     fn replicated_entries_must_continue_the_log() {
         let store = MapStore::default();
         let mut plan = GroupPlan::new(Stats::default());
-        let entry = |lsn, id: &str| StoredEvent {
-            lsn: Lsn(lsn),
-            received_at: T,
-            event: event(id, "o", Status::Created, 1),
+        let entry = |lsn, id: &str| {
+            LogEntry::Event(StoredEvent {
+                lsn: Lsn(lsn),
+                received_at: T,
+                event: event(id, "o", Status::Created, 1),
+            })
         };
         assert!(matches!(
             plan.plan_replicated(&store, vec![entry(2, "x")]),

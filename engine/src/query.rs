@@ -6,6 +6,7 @@ use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions};
 use crate::codec;
 use crate::cursor::CursorKind;
 use crate::engine::Engine;
+use crate::entry::{ErasureRecord, LogEntry};
 use crate::error::{Error, Result};
 use crate::event::{Lsn, Status, StoredEvent};
 use crate::keys::{self, TimePos};
@@ -142,7 +143,16 @@ impl Engine {
     pub fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
         let db = self.db();
         match db.get_pinned_cf(store::handle(db, Cf::Log)?, keys::log(lsn))? {
-            Some(v) => Ok(Some(codec::decode_event(&v)?)),
+            Some(v) => Ok(codec::decode_log_entry(&v)?.into_event()),
+            None => Ok(None),
+        }
+    }
+
+    /// The record of the erasure whose log entry is at `lsn`; None if there was none there.
+    pub fn erasure_record(&self, lsn: Lsn) -> Result<Option<ErasureRecord>> {
+        let db = self.db();
+        match db.get_pinned_cf(store::handle(db, Cf::Meta)?, keys::meta_erasure(lsn))? {
+            Some(v) => Ok(Some(codec::decode_erasure_record(lsn, &v)?)),
             None => Ok(None),
         }
     }
@@ -374,7 +384,8 @@ impl Engine {
 
     /// Up to `max` log entries from `from` on, in LSN order (at most `READ_LOG_ENTRIES_MAX` entries and
     /// about `READ_LOG_BYTES_MAX` bytes per call).
-    pub fn read_log(&self, from: Lsn, max: usize) -> Result<Vec<StoredEvent>> {
+    /// Erased events appear as tombstones (`LogEntry::Erased`), so the sequence has no gap.
+    pub fn read_log(&self, from: Lsn, max: usize) -> Result<Vec<LogEntry>> {
         let max = max.min(READ_LOG_ENTRIES_MAX);
         let db = self.db();
         let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
@@ -384,11 +395,11 @@ impl Engine {
         while out.len() < max && bytes < READ_LOG_BYTES_MAX {
             let Some((k, v)) = it.item() else { break };
             let lsn = keys::decode_log(k)?;
-            let e = codec::decode_event(v)?;
-            if e.lsn != lsn {
+            let e = codec::decode_log_entry(v)?;
+            if e.lsn() != lsn {
                 return Err(Error::Corrupt(format!(
-                    "log key {lsn} holds the event of LSN {}",
-                    e.lsn
+                    "log key {lsn} holds the entry of LSN {}",
+                    e.lsn()
                 )));
             }
             bytes += v.len();

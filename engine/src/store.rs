@@ -108,6 +108,22 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     o
 }
 
+/// The MANIFEST (the log of which SST files exist, with each file's first and last key) starts anew
+/// past this size. Small, so that `Engine::purge` can make it forget the key ranges of files that held
+/// erased data within a few flushes; a new MANIFEST costs one write of the live file list.
+pub const MANIFEST_BYTES_MAX: usize = 16 * 1024;
+/// Size of one RocksDB info LOG file; `keep_log_file_num` (4) of them are kept.
+pub const INFO_LOG_BYTES_MAX: usize = 16 << 20;
+/// Flushes `Engine::purge` makes at most while waiting for the MANIFEST to roll over (each adds a
+/// few hundred bytes to it).
+pub const PURGE_FLUSHES_MAX: usize = 1_000;
+
+/// The name of the MANIFEST in use (the content of `CURRENT`).
+pub fn current_manifest(db_dir: &Path) -> Result<String> {
+    std::fs::read_to_string(db_dir.join("CURRENT"))
+        .map_err(|e| Error::Corrupt(format!("cannot read {}/CURRENT: {e}", db_dir.display())))
+}
+
 /// log2 of the block cache's shard count; see `open`.
 const CACHE_SHARD_BITS: i32 = 2;
 
@@ -130,6 +146,9 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     db_opts.set_bytes_per_sync(1 << 20);
     db_opts.set_max_total_wal_size(512 << 20);
     db_opts.set_keep_log_file_num(4);
+    db_opts.set_max_manifest_file_size(MANIFEST_BYTES_MAX);
+    // The info LOG rotates by size too (it grows with every flush and compaction, purges included).
+    db_opts.set_max_log_file_size(INFO_LOG_BYTES_MAX);
     let cfs = Cf::ALL
         .iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache, tuning)));

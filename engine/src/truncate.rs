@@ -6,15 +6,15 @@
 
 use std::collections::BTreeSet;
 
-use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{WriteBatch, WriteOptions};
 
 use crate::codec;
 use crate::engine::Shared;
+use crate::entry::LogEntry;
 use crate::error::{Error, Result};
 use crate::event::{Lsn, StoredEvent};
 use crate::keys::{self, TimePos};
 use crate::limits::TRUNCATE_ENTRIES_MAX;
-use crate::state::OrderState;
 use crate::store::{self, Cf};
 
 /// Runs on the writer thread, alone. Returns the number of entries removed.
@@ -47,36 +47,7 @@ pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u6
         orders.insert(e.event.order_id.as_str());
     }
     stats.events -= removed.len() as u64;
-    for order_id in orders {
-        let before = match db.get_pinned_cf(h(Cf::Orders)?, order_id.as_bytes())? {
-            Some(v) => Some(codec::decode_state(&v)?),
-            None => None,
-        };
-        let after_state = recompute(shared, order_id, after)?;
-        let old_status = before.as_ref().map(|s| s.status.value);
-        let new_status = after_state.as_ref().map(|s| s.status.value);
-        if old_status != new_status {
-            if let Some(old) = old_status {
-                *stats.orders_in_mut(old) -= 1;
-                batch.delete_cf(h(Cf::StatusIndex)?, keys::status_index(old, order_id));
-            }
-            if let Some(new) = new_status {
-                *stats.orders_in_mut(new) += 1;
-                batch.put_cf(h(Cf::StatusIndex)?, keys::status_index(new, order_id), []);
-            }
-        }
-        match &after_state {
-            Some(state) => batch.put_cf(
-                h(Cf::Orders)?,
-                order_id.as_bytes(),
-                codec::encode_state(state),
-            ),
-            None => {
-                stats.orders -= 1;
-                batch.delete_cf(h(Cf::Orders)?, order_id.as_bytes());
-            }
-        }
-    }
+    crate::removal::restate_orders(shared, orders, |lsn| lsn <= after, &mut batch, &mut stats)?;
     // `after` may lie beyond the log when only an epoch is dropped.
     let last = stats.last_lsn.min(after);
     stats.last_lsn = last;
@@ -109,38 +80,21 @@ fn tail(shared: &Shared, after: Lsn) -> Result<Vec<StoredEvent>> {
                  rebuild this node from a snapshot instead"
             )));
         }
-        out.push(codec::decode_event(v)?);
-        it.next();
-    }
-    it.status()?;
-    Ok(out)
-}
-
-/// The order's state from its events up to `after`, folded in LSN order; None if none remains.
-fn recompute(shared: &Shared, order_id: &str, after: Lsn) -> Result<Option<OrderState>> {
-    let db = &shared.db;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
-    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
-    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
-    it.seek_to_first();
-    let mut events = Vec::new();
-    while let Some(v) = it.value() {
-        let e = codec::decode_event(v)?;
-        if e.lsn <= after {
-            events.push(e);
+        match codec::decode_log_entry(v)? {
+            LogEntry::Event(e) => out.push(e),
+            // Only a removal in the same tail makes tombstones there; refused below.
+            LogEntry::Erased { .. } => {}
+            LogEntry::Removal(r) => {
+                return Err(Error::InvalidArgument(format!(
+                    "the tail after LSN {after} holds a removal (erasure or retention) at LSN {}; \
+                     removed data cannot be brought back to truncate it: rebuild this node from a \
+                     snapshot, and repeat the removal on the new primary if it is lost",
+                    r.lsn
+                )));
+            }
         }
         it.next();
     }
     it.status()?;
-    events.sort_by_key(|e| e.lsn);
-    let mut events = events.into_iter();
-    let Some(first) = events.next() else {
-        return Ok(None);
-    };
-    let mut state = OrderState::new(&first);
-    for e in events {
-        state.apply(&e);
-    }
-    Ok(Some(state))
+    Ok(out)
 }

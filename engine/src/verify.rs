@@ -1,5 +1,5 @@
 //! Offline consistency check: every index entry matches the log, order states equal a recomputation
-//! from the events, LSNs are gap-free, and every value decodes. Used by `trackctl verify` and by tests.
+//! from the events, LSNs are gap-free, every removal's events are tombstones, and every value decodes. Used by `trackctl verify` and by tests.
 
 use std::collections::HashMap;
 
@@ -7,6 +7,7 @@ use rocksdb::DB;
 
 use crate::codec;
 use crate::engine::Engine;
+use crate::entry::{LogEntry, RemovalKind};
 use crate::error::Result;
 use crate::event::{Lsn, Status};
 use crate::keys::{self, TimePos};
@@ -60,10 +61,14 @@ impl Engine {
             store::handle(db, Cf::ByTime)?,
             store::handle(db, Cf::EventIds)?,
         );
+        let meta = store::handle(db, Cf::Meta)?;
         let mut states: HashMap<String, OrderState> = HashMap::new();
+        // Tombstone LSN → the removal that made it; every removal must find its own.
+        let mut tombstones: HashMap<Lsn, Lsn> = HashMap::new();
         let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
         it.seek_to_first();
-        let mut expected = Lsn(1);
+        let first = self.first_lsn();
+        let mut expected = first;
         while let Some((k, v)) = it.item() {
             let lsn = match keys::decode_log(k) {
                 Ok(l) => l,
@@ -79,8 +84,7 @@ impl Engine {
                 ));
             }
             expected = Lsn(lsn.0 + 1);
-            r.events += 1;
-            let e = match codec::decode_event(v) {
+            let entry = match codec::decode_log_entry(v) {
                 Ok(e) => e,
                 Err(err) => {
                     r.problem(format!("log LSN {lsn}: {err}"));
@@ -88,9 +92,35 @@ impl Engine {
                     continue;
                 }
             };
-            if e.lsn != lsn {
-                r.problem(format!("log LSN {lsn}: value carries LSN {}", e.lsn));
+            if entry.lsn() != lsn {
+                r.problem(format!("log LSN {lsn}: value carries LSN {}", entry.lsn()));
             }
+            let e = match entry {
+                LogEntry::Event(e) => e,
+                LogEntry::Erased { by, .. } => {
+                    tombstones.insert(lsn, by);
+                    it.next();
+                    continue;
+                }
+                LogEntry::Removal(removal) => {
+                    // Tombstones below the log's first LSN were dropped with its prefix.
+                    for l in removal.lsns.iter().filter(|l| **l >= first) {
+                        if tombstones.get(l) != Some(&lsn) {
+                            r.problem(format!(
+                                "the removal at LSN {lsn} lists LSN {l}, which is not its tombstone"
+                            ));
+                        }
+                    }
+                    if matches!(removal.kind, RemovalKind::Erasure { .. })
+                        && db.get_pinned_cf(meta, keys::meta_erasure(lsn))?.is_none()
+                    {
+                        r.problem(format!("the erasure at LSN {lsn} has no erasure record"));
+                    }
+                    it.next();
+                    continue;
+                }
+            };
+            r.events += 1;
             let pos = TimePos {
                 at: e.event.occurred_at,
                 lsn,
@@ -133,7 +163,7 @@ impl Engine {
             let n = count_entries(db, cf)?;
             if n != r.events {
                 r.problem(format!(
-                    "{name} holds {n} entries for {} log entries",
+                    "{name} holds {n} entries for {} events in the log",
                     r.events
                 ));
             }

@@ -3,13 +3,14 @@
 //! only then answers each request. A failed write poisons the engine: no later write is acknowledged.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use crate::engine::{CommitInfo, Durability, Shared};
+use crate::entry::{ErasureReceipt, LogEntry, Removal, RetentionReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, StoredEvent};
 use crate::limits::{EVENTS_PER_REQUEST_MAX, GROUP_BYTES_MAX, GROUP_EVENTS_MAX};
@@ -26,10 +27,13 @@ pub(crate) enum Command {
         events: Vec<Event>,
         reply: Reply<Vec<Outcome>>,
     },
+    /// Events and tombstones (a removal comes as `ReplicateRemoval`).
     Replicate {
-        entries: Vec<StoredEvent>,
+        entries: Vec<LogEntry>,
         /// The primary's epoch that wrote the entries.
         epoch: u64,
+        /// Set when an earlier part of the same replicated batch was refused: refuse this one too.
+        batch_refused: Arc<AtomicBool>,
         reply: Reply<Lsn>,
     },
     RecordEpoch {
@@ -57,6 +61,24 @@ pub(crate) enum Command {
         after: Lsn,
         reply: Reply<u64>,
     },
+    /// Erase an order (GDPR). Runs alone.
+    Erase {
+        order_id: String,
+        reply: Reply<Option<ErasureReceipt>>,
+    },
+    /// One retention step: remove up to `max` events that occurred before `before`. Runs alone.
+    Expire {
+        before: Timestamp,
+        max: usize,
+        reply: Reply<RetentionReport>,
+    },
+    /// A removal entry from the primary (replica side). Runs alone.
+    ReplicateRemoval {
+        removal: Removal,
+        epoch: u64,
+        batch_refused: Arc<AtomicBool>,
+        reply: Reply<Lsn>,
+    },
 }
 
 impl Command {
@@ -69,7 +91,21 @@ impl Command {
             Command::NoteEpoch { reply, .. } => reply(Err(e)),
             Command::Promote { reply } => reply(Err(e)),
             Command::Truncate { reply, .. } => reply(Err(e)),
+            Command::Erase { reply, .. } => reply(Err(e)),
+            Command::Expire { reply, .. } => reply(Err(e)),
+            Command::ReplicateRemoval { reply, .. } => reply(Err(e)),
         }
+    }
+
+    /// Commands that read and write the committed store directly: never part of a group.
+    fn runs_alone(&self) -> bool {
+        matches!(
+            self,
+            Command::Truncate { .. }
+                | Command::Erase { .. }
+                | Command::Expire { .. }
+                | Command::ReplicateRemoval { .. }
+        )
     }
 }
 
@@ -123,7 +159,7 @@ impl Lookup for DbLookup<'_> {
     fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
         let cf = store::handle(self.0, Cf::Log)?;
         match self.0.get_pinned_cf(cf, keys::log(lsn))? {
-            Some(v) => Ok(Some(codec::decode_event(&v)?)),
+            Some(v) => Ok(codec::decode_log_entry(&v)?.into_event()),
             None => Ok(None),
         }
     }
@@ -145,7 +181,7 @@ pub(crate) fn run(
 ) {
     let mut write_opts = WriteOptions::default();
     write_opts.set_sync(durability == Durability::Sync);
-    // A truncation found while filling a group waits here for the next round: it runs alone.
+    // A command that runs alone, found while filling a group, waits here for the next round.
     let mut pending: Option<Command> = None;
     loop {
         let first = match pending.take() {
@@ -159,12 +195,11 @@ pub(crate) fn run(
             first.fail(Error::Poisoned(reason.clone()));
             continue;
         }
-        if let Command::Truncate { after, reply } = first {
-            let result = crate::truncate::run(&shared, after, &write_opts);
-            if let Err(Error::Poisoned(reason)) = &result {
-                let _ = shared.poisoned.set(reason.clone());
+        if first.runs_alone() {
+            let at = Timestamp::now().max(last_received);
+            if run_alone(&shared, first, at, &write_opts) {
+                last_received = at;
             }
-            reply(result);
             continue;
         }
         let received_at = Timestamp::now().max(last_received);
@@ -189,7 +224,7 @@ pub(crate) fn run(
                 && plan.bytes() < GROUP_BYTES_MAX;
             if room {
                 next = rx.try_recv().ok();
-                if matches!(next, Some(Command::Truncate { .. })) {
+                if next.as_ref().is_some_and(Command::runs_alone) {
                     pending = next.take();
                 }
             }
@@ -231,6 +266,7 @@ pub(crate) fn run(
                     bytes: bytes as u64,
                     write_time,
                     new_events: &new_events,
+                    removed: &[],
                 });
                 for p in planned {
                     p.answer(Ok(last_lsn));
@@ -243,6 +279,61 @@ pub(crate) fn run(
                     p.answer(Err(&e));
                 }
             }
+        }
+    }
+}
+
+/// Runs a command outside any group; answers it. Returns whether it wrote with receive time `at`.
+fn run_alone(shared: &Shared, cmd: Command, at: Timestamp, opts: &WriteOptions) -> bool {
+    fn answer<T>(shared: &Shared, reply: Reply<T>, result: Result<T>) -> bool {
+        if let Err(Error::Poisoned(reason)) = &result {
+            let _ = shared.poisoned.set(reason.clone());
+        }
+        let ok = result.is_ok();
+        reply(result);
+        ok
+    }
+    match cmd {
+        Command::Truncate { after, reply } => {
+            answer(shared, reply, crate::truncate::run(shared, after, opts));
+            false
+        }
+        Command::Erase { order_id, reply } => answer(
+            shared,
+            reply,
+            crate::removal::erase(shared, &order_id, at, opts),
+        ),
+        Command::Expire { before, max, reply } => answer(
+            shared,
+            reply,
+            crate::removal::expire(shared, before, max, at, opts),
+        ),
+        Command::ReplicateRemoval {
+            batch_refused,
+            reply,
+            ..
+        } if batch_refused.load(Ordering::SeqCst) => {
+            reply(Err(earlier_part_refused()));
+            false
+        }
+        Command::ReplicateRemoval {
+            removal,
+            epoch,
+            reply,
+            ..
+        } => {
+            answer(
+                shared,
+                reply,
+                crate::removal::apply(shared, removal, epoch, opts),
+            );
+            false
+        }
+        other => {
+            other.fail(Error::InvalidArgument(
+                "this command runs inside a group".into(),
+            ));
+            false
         }
     }
 }
@@ -279,9 +370,15 @@ fn plan_command(
             }
         }
         Command::Replicate {
+            batch_refused,
+            reply,
+            ..
+        } if batch_refused.load(Ordering::SeqCst) => reply(Err(earlier_part_refused())),
+        Command::Replicate {
             entries,
             epoch,
             reply,
+            ..
         } => {
             if shared.read_only.read().expect("mode lock").is_none() {
                 return reply(Err(Error::InvalidArgument(
@@ -295,8 +392,8 @@ fn plan_command(
                     "entries of epoch {epoch} arrive after epoch {newest} was recorded"
                 ))));
             }
-            let last = entries.last().map(|e| e.lsn);
-            let first = entries.first().map(|e| e.lsn);
+            let last = entries.last().map(LogEntry::lsn);
+            let first = entries.first().map(LogEntry::lsn);
             let start = plan.next_lsn();
             let opens_epoch = epoch > newest && first.is_some();
             if opens_epoch && first != Some(start) {
@@ -360,13 +457,20 @@ fn plan_command(
             *shared.read_only.write().expect("mode lock") = None;
             planned.push(Planned::Promote(reply, epoch, start));
         }
-        Command::Truncate { reply, .. } => {
-            // The loop never puts a truncation into a group.
-            reply(Err(Error::InvalidArgument(
-                "a truncation cannot run inside a group".into(),
-            )));
+        cmd @ (Command::Truncate { .. }
+        | Command::Erase { .. }
+        | Command::Expire { .. }
+        | Command::ReplicateRemoval { .. }) => {
+            // The loop never puts these into a group.
+            cmd.fail(Error::InvalidArgument(
+                "this command cannot run inside a group".into(),
+            ));
         }
     }
+}
+
+fn earlier_part_refused() -> Error {
+    Error::Diverged("an earlier part of the same replicated batch was refused".into())
 }
 
 /// Raises the highest epoch heard of (in memory now, durably with the group).

@@ -133,7 +133,7 @@ fn acknowledged_events_survive_sigkill() {
                 break;
             }
             for e in &chunk {
-                assert_eq!(e.lsn.0, next, "trial {trial}: gap in the log");
+                assert_eq!(e.lsn().0, next, "trial {trial}: gap in the log");
                 next += 1;
             }
         }

@@ -1,13 +1,14 @@
 //! Model-based test: random sequences of appends (with duplicates, conflicts, out-of-order event
-//! times) and reopens, run against the engine and against a trivially correct in-memory model; after
-//! every step every query is compared, paging through all results with small random page sizes.
+//! times), erasures, retention steps (the cutoff is the test's fake clock) and reopens, run against
+//! the engine and against a trivially correct in-memory model; after every step every query is
+//! compared, paging through all results with small random page sizes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use trackstore_engine::{
-    Direction, Engine, EngineOptions, Error, Event, Lsn, OrderState, Outcome, Status, StoredEvent,
-    TimeRange, Timestamp,
+    Direction, Engine, EngineOptions, Error, Event, LogEntry, Lsn, OrderState, Outcome, Status,
+    StoredEvent, TimeRange, Timestamp,
 };
 
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -43,6 +44,13 @@ enum Op {
     /// Requests submitted back to back without waiting, so that they share group commits.
     Concurrent(Vec<Vec<(u8, u8)>>),
     Reopen,
+    /// Erase order `o-N`.
+    Erase(u8),
+    /// One retention step: at most `max` events that occurred before second `before`.
+    Expire {
+        before: u8,
+        max: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,14 +60,27 @@ fn op() -> impl Strategy<Value = Op> {
         8 => request.clone().prop_map(Op::Append),
         3 => proptest::collection::vec(request, 2..8).prop_map(Op::Concurrent),
         1 => Just(Op::Reopen),
+        1 => (0u8..7).prop_map(Op::Erase),
+        1 => (0u8..21, 1u8..6).prop_map(|(before, max)| Op::Expire { before, max }),
     ]
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Entry {
+    Event(Event),
+    /// A removed event.
+    Tombstone,
+    /// A removal and the LSNs it removed.
+    Removal(Vec<Lsn>),
 }
 
 #[derive(Default)]
 struct Model {
-    /// Index i holds the event of LSN i + 1.
-    log: Vec<Event>,
+    /// Index i holds the entry of LSN i + 1.
+    log: Vec<Entry>,
     ids: HashMap<String, Lsn>,
+    /// The log's first LSN - 1: removals drop the prefix of tombstones and removals.
+    trimmed: usize,
 }
 
 impl Model {
@@ -71,7 +92,10 @@ impl Model {
             let existing = self
                 .ids
                 .get(&e.event_id)
-                .map(|l| (*l, &self.log[l.0 as usize - 1]))
+                .map(|l| match &self.log[l.0 as usize - 1] {
+                    Entry::Event(e) => (*l, e),
+                    other => panic!("event id points to {other:?}"),
+                })
                 .or_else(|| {
                     staged
                         .iter()
@@ -92,16 +116,58 @@ impl Model {
         for e in staged {
             self.ids
                 .insert(e.event_id.clone(), Lsn(self.log.len() as u64 + 1));
-            self.log.push(e);
+            self.log.push(Entry::Event(e));
         }
         Ok(outcomes)
     }
 
+    /// Removes the events at `lsns` with a removal entry; None when there is nothing to remove.
+    fn remove(&mut self, mut lsns: Vec<Lsn>) -> Option<Lsn> {
+        if lsns.is_empty() {
+            return None;
+        }
+        lsns.sort();
+        for l in &lsns {
+            let slot = &mut self.log[l.0 as usize - 1];
+            if let Entry::Event(e) = slot {
+                self.ids.remove(&e.event_id);
+            }
+            *slot = Entry::Tombstone;
+        }
+        self.log.push(Entry::Removal(lsns));
+        // The log then starts at its first event, or at its last entry when no event is left.
+        while self.trimmed + 1 < self.log.len()
+            && !matches!(self.log[self.trimmed], Entry::Event(_))
+        {
+            self.trimmed += 1;
+        }
+        Some(Lsn(self.log.len() as u64))
+    }
+
+    fn erase(&mut self, order_id: &str) -> Option<Lsn> {
+        let lsns = self
+            .events()
+            .filter(|(_, e)| e.order_id == order_id)
+            .map(|(l, _)| l)
+            .collect();
+        self.remove(lsns)
+    }
+
+    fn expire(&mut self, before: Timestamp, max: usize) -> Option<Lsn> {
+        let mut old: Vec<(Timestamp, Lsn)> = self
+            .events()
+            .filter(|(_, e)| e.occurred_at < before)
+            .map(|(l, e)| (e.occurred_at, l))
+            .collect();
+        old.sort();
+        self.remove(old.into_iter().take(max).map(|(_, l)| l).collect())
+    }
+
     fn events(&self) -> impl Iterator<Item = (Lsn, &Event)> {
-        self.log
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (Lsn(i as u64 + 1), e))
+        self.log.iter().enumerate().filter_map(|(i, e)| match e {
+            Entry::Event(e) => Some((Lsn(i as u64 + 1), e)),
+            _ => None,
+        })
     }
 
     fn timeline(&self, order_id: &str) -> Vec<(Lsn, Event)> {
@@ -125,7 +191,7 @@ impl Model {
 
     fn orders(&self) -> BTreeMap<String, (Status, Option<String>, u64, Lsn)> {
         let ids: std::collections::BTreeSet<_> =
-            self.log.iter().map(|e| e.order_id.clone()).collect();
+            self.events().map(|(_, e)| e.order_id.clone()).collect();
         ids.into_iter()
             .map(|id| {
                 let s = self.state(&id).expect("order has events");
@@ -167,20 +233,35 @@ fn all_pages<T>(
 fn check_all(engine: &Engine, model: &Model, page_size: usize) {
     let report = engine.verify().expect("verify");
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(report.events, model.log.len() as u64);
-    // Log.
+    let live = model.events().count() as u64;
+    assert_eq!(report.events, live);
+    // Log: events, tombstones and removals, gap-free.
     let log = engine.read_log(Lsn(1), 10_000).expect("read_log");
-    assert_eq!(
-        strip(log.clone()),
-        model
-            .events()
-            .map(|(l, e)| (l, e.clone()))
-            .collect::<Vec<_>>()
-    );
+    let got: Vec<(Lsn, Entry)> = log
+        .iter()
+        .map(|e| {
+            let entry = match e {
+                LogEntry::Event(s) => Entry::Event(s.event.clone()),
+                LogEntry::Erased { .. } => Entry::Tombstone,
+                LogEntry::Removal(r) => Entry::Removal(r.lsns.clone()),
+            };
+            (e.lsn(), entry)
+        })
+        .collect();
+    let want: Vec<(Lsn, Entry)> = model
+        .log
+        .iter()
+        .enumerate()
+        .skip(model.trimmed)
+        .map(|(i, e)| (Lsn(i as u64 + 1), e.clone()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(engine.first_lsn(), Lsn(model.trimmed as u64 + 1));
+    let log: Vec<StoredEvent> = log.into_iter().filter_map(LogEntry::into_event).collect();
     // Stats.
     let stats = engine.stats();
     let orders = model.orders();
-    assert_eq!(stats.events, model.log.len() as u64);
+    assert_eq!(stats.events, live);
     assert_eq!(stats.last_lsn, Lsn(model.log.len() as u64));
     assert_eq!(stats.orders, orders.len() as u64);
     for status in Status::ALL {
@@ -324,6 +405,24 @@ proptest! {
                     drop(engine.take());
                     engine = Some(Engine::open(dir.path(), EngineOptions::default()).expect("reopen"));
                 }
+                Op::Erase(o) => {
+                    let order_id = format!("o-{o}");
+                    let want = model.erase(&order_id);
+                    let got = engine.as_ref().expect("open").erase_order(&order_id).expect("erase");
+                    prop_assert_eq!(got.as_ref().map(|r| r.lsn), want);
+                    if let Some(receipt) = got {
+                        let record = engine.as_ref().expect("open").erasure_record(receipt.lsn)
+                            .expect("record").expect("an erasure leaves a record");
+                        prop_assert!(record.is_of(&order_id));
+                        prop_assert!(!record.is_of("o-9"));
+                    }
+                }
+                Op::Expire { before, max } => {
+                    let before = Timestamp::from_millis(BASE_MS + i64::from(before) * 1_000).expect("in range");
+                    let want = model.expire(before, usize::from(max));
+                    let got = engine.as_ref().expect("open").expire_before(before, usize::from(max)).expect("expire");
+                    prop_assert_eq!(got.lsn, want);
+                }
             }
             check_all(engine.as_ref().expect("open"), &model, page_size);
         }
@@ -338,6 +437,8 @@ fn cursors_refuse_tampering_and_other_queries() {
     let events: Vec<Event> = (0..40).map(|i| event_for(i, 0)).collect();
     engine.append(events).expect("append");
     let order = engine.read_log(Lsn(1), 1).expect("log")[0]
+        .as_event()
+        .expect("an event")
         .event
         .order_id
         .clone();

@@ -1,7 +1,9 @@
 //! Tests of the engine's replication entry points: a replica applying a primary's log answers every
 //! query exactly like the primary; truncating a log equals a store that only ever had the prefix;
 //! epochs, fencing and promotion behave as documented and survive reopening; `set_read_only` is a
-//! barrier that includes every append queued before it and none after.
+//! barrier that includes every append queued before it and none after. Removals (erasure,
+//! retention) replicate too: a replica that held the removed events removes them, one that catches
+//! up later receives tombstones, and both end equal to the primary.
 //!
 //! Queries are compared through a `Snapshot` of everything a client can read (every paged query
 //! read to the end with a small random page size), so "the same answers" means the same for all.
@@ -12,8 +14,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use trackstore_engine::{
-    Direction, Durability, Engine, EngineOptions, Error, Event, Lsn, OrderState, Outcome, Page,
-    Stats, Status, StoredEvent, TimeRange, Timestamp, VerifyReport,
+    Direction, Durability, Engine, EngineOptions, ErasureRecord, Error, Event, LogEntry, Lsn,
+    OrderState, Outcome, Page, Stats, Status, StoredEvent, TimeRange, Timestamp, VerifyReport,
 };
 
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -51,12 +53,12 @@ fn events(specs: &[(u8, u8)]) -> Vec<Event> {
 }
 
 /// A log entry as a primary would ship it; the receive time is fixed so that runs are reproducible.
-fn stored(lsn: u64, id: u8, variant: u8) -> StoredEvent {
-    StoredEvent {
+fn stored(lsn: u64, id: u8, variant: u8) -> LogEntry {
+    LogEntry::Event(StoredEvent {
         lsn: Lsn(lsn),
         received_at: Timestamp::from_millis(BASE_MS + 60_000 + lsn as i64).expect("in range"),
         event: event_for(id, variant),
-    }
+    })
 }
 
 /// No fsync: these tests check logic, not power-loss durability (durability.rs and crash.rs do),
@@ -94,10 +96,11 @@ fn all_pages<T>(
     panic!("pagination did not end");
 }
 
-fn read_all(engine: &Engine) -> Vec<StoredEvent> {
-    let mut out: Vec<StoredEvent> = Vec::new();
+/// The whole log, from its first LSN (1 until removals dropped a prefix of tombstones).
+fn read_all(engine: &Engine) -> Vec<LogEntry> {
+    let mut out: Vec<LogEntry> = Vec::new();
     loop {
-        let from = Lsn(out.last().map_or(1, |e| e.lsn.0 + 1));
+        let from = Lsn(out.last().map_or(engine.first_lsn().0, |e| e.lsn().0 + 1));
         let chunk = engine.read_log(from, 7).expect("read_log");
         if chunk.is_empty() {
             return out;
@@ -112,10 +115,14 @@ fn read_all(engine: &Engine) -> Vec<StoredEvent> {
 struct Snapshot {
     verify: VerifyReport,
     stats: Stats,
+    first_lsn: Lsn,
     last_lsn: Lsn,
-    log: Vec<StoredEvent>,
+    log: Vec<LogEntry>,
     by_lsn: Vec<Option<StoredEvent>>,
-    log_tail: Vec<StoredEvent>,
+    log_tail: Vec<LogEntry>,
+    /// `erasure_record` at every LSN (a replica keeps the primary's records, to check receipts
+    /// against after a failover).
+    erasures: Vec<Option<ErasureRecord>>,
     states: Vec<Option<OrderState>>,
     timelines: Vec<(Vec<StoredEvent>, Vec<StoredEvent>)>,
     by_status: Vec<Vec<OrderState>>,
@@ -146,20 +153,25 @@ fn snapshot(engine: &Engine, page_size: usize) -> Snapshot {
     assert!(verify.is_ok(), "verify: {:?}", verify.problems);
     let log = read_all(engine);
     let stats = engine.stats();
-    let last_lsn = engine.last_lsn();
+    let (first_lsn, last_lsn) = (engine.first_lsn(), engine.last_lsn());
     assert_eq!(stats.last_lsn, last_lsn);
     assert_eq!(
         log.len() as u64,
-        last_lsn.0,
-        "the log is gap-free from LSN 1"
+        last_lsn.0 + 1 - first_lsn.0,
+        "the log is gap-free from its first LSN"
     );
-    assert_eq!(stats.events, last_lsn.0);
+    assert_eq!(log.first().map_or(first_lsn, LogEntry::lsn), first_lsn);
+    let events = log.iter().filter(|e| e.as_event().is_some()).count();
+    assert_eq!(stats.events, events as u64);
     let by_lsn = (0..=last_lsn.0 + 2)
         .map(|l| engine.event(Lsn(l)).expect("event"))
         .collect();
     let log_tail = engine
         .read_log(Lsn(last_lsn.0.saturating_sub(2)), 100)
         .expect("read_log");
+    let erasures = (0..=last_lsn.0 + 1)
+        .map(|l| engine.erasure_record(Lsn(l)).expect("erasure_record"))
+        .collect();
     let mut states = Vec::new();
     let mut timelines = Vec::new();
     for o in 0..ORDERS {
@@ -184,10 +196,12 @@ fn snapshot(engine: &Engine, page_size: usize) -> Snapshot {
     Snapshot {
         verify,
         stats,
+        first_lsn,
         last_lsn,
         log,
         by_lsn,
         log_tail,
+        erasures,
         states,
         timelines,
         by_status,
@@ -222,12 +236,13 @@ fn shipped_history(history: &[(u64, Lsn)], last: Lsn) -> Vec<(u64, Lsn)> {
         .collect()
 }
 
-/// Ships `log` (a primary's, with its epoch `history`) to `replica` up to `upto`, in batches of at
-/// most `batch` entries that never span two epochs, at most `rounds` batches. Returns whether the
-/// replica reached `upto`.
+/// Ships `log` (a primary's from its first LSN, with its epoch `history`) to `replica` up to `upto`,
+/// in batches of at most `batch` entries that never span two epochs, at most `rounds` batches.
+/// Returns whether the replica reached `upto`; false at once when the replica needs entries the
+/// primary no longer holds (dropped with the log's prefix).
 fn ship(
     replica: &Engine,
-    log: &[StoredEvent],
+    log: &[LogEntry],
     history: &[(u64, Lsn)],
     upto: Lsn,
     batch: usize,
@@ -238,12 +253,16 @@ fn ship(
         if from > upto.0 {
             return true;
         }
+        let first = log.first().map_or(1, |e| e.lsn().0);
+        if from < first {
+            return false;
+        }
         let (epoch, next) = epoch_at(history, Lsn(from));
         let mut end = (from + batch as u64 - 1).min(upto.0);
         if let Some(next) = next {
             end = end.min(next.0 - 1);
         }
-        let entries = log[(from - 1) as usize..end as usize].to_vec();
+        let entries = log[(from - first) as usize..=(end - first) as usize].to_vec();
         let got = replica
             .apply_replicated(entries, epoch)
             .expect("apply_replicated");
@@ -282,6 +301,13 @@ enum ReplicaOp {
     Resend,
     ReopenPrimary,
     ReopenReplica,
+    /// GDPR erasure of order `o-N` on the primary (`o-6` never exists: nothing is written).
+    Erase(u8),
+    /// One retention step on the primary: at most `max` events that occurred before second `before`.
+    Expire {
+        before: u8,
+        max: usize,
+    },
 }
 
 fn replica_op() -> impl Strategy<Value = ReplicaOp> {
@@ -293,36 +319,100 @@ fn replica_op() -> impl Strategy<Value = ReplicaOp> {
         1 => Just(ReplicaOp::Resend),
         1 => Just(ReplicaOp::ReopenPrimary),
         1 => Just(ReplicaOp::ReopenReplica),
+        2 => (0u8..7).prop_map(ReplicaOp::Erase),
+        2 => (0u8..21, 1usize..4).prop_map(|(before, max)| ReplicaOp::Expire { before, max }),
     ]
+}
+
+/// A replica under test. Once the primary has dropped a log prefix the replica still needs (only
+/// tombstones and removals), it is bootstrapped from a checkpoint of the primary, as replication
+/// does: it then holds the primary's epoch history as it was, epochs with no entry yet included.
+struct Replica {
+    engine: Engine,
+    dir: tempfile::TempDir,
+    bootstrapped: bool,
+}
+
+impl Replica {
+    fn new() -> Replica {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Replica {
+            engine: open_replica(dir.path()),
+            dir,
+            bootstrapped: false,
+        }
+    }
+
+    fn reopen(self) -> Replica {
+        let Replica {
+            engine,
+            dir,
+            bootstrapped,
+        } = self;
+        drop(engine);
+        Replica {
+            engine: open_replica(dir.path()),
+            dir,
+            bootstrapped,
+        }
+    }
+
+    /// Ships up to `rounds` batches of the primary's log; bootstraps first if the primary no longer
+    /// holds the next entry this replica needs.
+    fn catch_up(&mut self, primary: &Engine, batch: usize, rounds: usize) -> bool {
+        if self.engine.last_lsn().0 + 1 < primary.first_lsn().0 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            primary.checkpoint(dir.path()).expect("checkpoint");
+            self.engine = open_replica(dir.path());
+            self.dir = dir;
+            self.bootstrapped = true;
+            assert_eq!(self.engine.first_lsn(), primary.first_lsn());
+        }
+        let log = read_all(primary);
+        let (history, last) = (primary.epoch_history(), primary.last_lsn());
+        ship(&self.engine, &log, &history, last, batch, rounds)
+    }
 }
 
 /// The replica against the primary whenever both are at the same LSN: every query, the log and the
 /// epoch history (as far as it was shipped).
-fn assert_replica_matches(primary: &Engine, replica: &Engine, page_size: usize) {
+fn assert_replica_matches(primary: &Engine, replica: &Replica, page_size: usize) {
+    let (bootstrapped, replica) = (replica.bootstrapped, &replica.engine);
     assert_eq!(primary.last_lsn(), replica.last_lsn());
     assert_eq!(snapshot(replica, page_size), snapshot(primary, page_size));
     let history = shipped_history(&primary.epoch_history(), primary.last_lsn());
-    assert_eq!(replica.epoch_history(), history);
     let newest = history.last().map_or(0, |(e, _)| *e);
-    assert_eq!(replica.epoch(), newest);
-    assert_eq!(replica.known_epoch(), newest);
+    if bootstrapped {
+        let own = replica.epoch_history();
+        assert_eq!(shipped_history(&own, replica.last_lsn()), history);
+        assert!(replica.epoch() >= newest);
+        assert_eq!(replica.known_epoch(), replica.epoch());
+    } else {
+        assert_eq!(replica.epoch_history(), history);
+        assert_eq!(replica.epoch(), newest);
+        assert_eq!(replica.known_epoch(), newest);
+    }
     assert!(!replica.is_fenced());
     assert_eq!(replica.read_only_reason().as_deref(), Some("replica"));
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
-    /// (1) A replica that applied the primary's log in random batches answers like the primary.
+    /// (1) A replica that applied the primary's log in random batches answers like the primary,
+    /// erasures and retention steps included: a replica that holds the removed events when their
+    /// removal arrives removes them; one that is behind receives tombstones instead. A second
+    /// replica, shipped only at the end, catches up through tombstones (or a checkpoint, when the
+    /// primary dropped the log prefix it needs). Both end equal to the primary.
     #[test]
     fn a_replica_answers_like_its_primary(
         ops in proptest::collection::vec(replica_op(), 1..20),
         page_size in 1usize..5,
+        late_batch in 1usize..9,
     ) {
         let pdir = tempfile::tempdir().expect("tempdir");
-        let rdir = tempfile::tempdir().expect("tempdir");
         let mut primary = open(pdir.path());
-        let mut replica = open_replica(rdir.path());
+        let mut replica = Replica::new();
         for op in ops {
             match op {
                 ReplicaOp::Append(specs) => append(&primary, &specs),
@@ -348,19 +438,18 @@ proptest! {
                     prop_assert_eq!(start, Lsn(primary.last_lsn().0 + 1));
                 }
                 ReplicaOp::Ship { batch, rounds } => {
-                    let log = read_all(&primary);
-                    let (history, last) = (primary.epoch_history(), primary.last_lsn());
-                    ship(&replica, &log, &history, last, batch, rounds);
+                    replica.catch_up(&primary, batch, rounds);
                 }
                 ReplicaOp::Resend => {
-                    let last = replica.last_lsn();
-                    if last.0 > 0 {
-                        let before = snapshot(&replica, page_size);
+                    let last = replica.engine.last_lsn();
+                    if last.0 > 0 && last >= primary.first_lsn() {
+                        let before = snapshot(&replica.engine, page_size);
                         let entries = primary.read_log(last, 2).expect("read_log");
+                        prop_assert_eq!(entries[0].lsn(), last);
                         let (epoch, _) = epoch_at(&primary.epoch_history(), last);
-                        let r = replica.apply_replicated(entries, epoch);
+                        let r = replica.engine.apply_replicated(entries, epoch);
                         prop_assert!(matches!(r, Err(Error::Diverged(_))), "{:?}", r);
-                        prop_assert_eq!(snapshot(&replica, page_size), before);
+                        prop_assert_eq!(snapshot(&replica.engine, page_size), before);
                     }
                 }
                 ReplicaOp::ReopenPrimary => {
@@ -368,19 +457,52 @@ proptest! {
                     primary = open(pdir.path());
                     prop_assert!(primary.read_only_reason().is_none());
                 }
-                ReplicaOp::ReopenReplica => {
-                    drop(replica);
-                    replica = open_replica(rdir.path());
+                ReplicaOp::ReopenReplica => replica = replica.reopen(),
+                ReplicaOp::Erase(o) => {
+                    let order_id = format!("o-{o}");
+                    let before = primary.last_lsn();
+                    match primary.erase_order(&order_id).expect("erase") {
+                        Some(receipt) => {
+                            prop_assert_eq!(receipt.lsn, Lsn(before.0 + 1));
+                            prop_assert_eq!(primary.last_lsn(), receipt.lsn);
+                            prop_assert!(receipt.events > 0);
+                            let record = primary
+                                .erasure_record(receipt.lsn)
+                                .expect("erasure_record")
+                                .expect("an erasure leaves a record");
+                            prop_assert!(record.is_of(&order_id));
+                            prop_assert_eq!(record.events, receipt.events);
+                        }
+                        None => prop_assert_eq!(primary.last_lsn(), before),
+                    }
+                    prop_assert_eq!(primary.order_state(&order_id).expect("state"), None);
+                }
+                ReplicaOp::Expire { before, max } => {
+                    let cutoff = Timestamp::from_millis(BASE_MS + i64::from(before) * 1_000)
+                        .expect("in range");
+                    let last = primary.last_lsn();
+                    let report = primary.expire_before(cutoff, max).expect("expire");
+                    match report.lsn {
+                        Some(lsn) => {
+                            prop_assert_eq!(lsn, Lsn(last.0 + 1));
+                            prop_assert!((1..=max as u64).contains(&report.events));
+                        }
+                        None => {
+                            prop_assert_eq!(primary.last_lsn(), last);
+                            prop_assert_eq!((report.events, report.orders), (0, 0));
+                        }
+                    }
                 }
             }
-            if primary.last_lsn() == replica.last_lsn() {
+            if primary.last_lsn() == replica.engine.last_lsn() {
                 assert_replica_matches(&primary, &replica, page_size);
             }
         }
-        let log = read_all(&primary);
-        let (history, last) = (primary.epoch_history(), primary.last_lsn());
-        prop_assert!(ship(&replica, &log, &history, last, 5, usize::MAX));
+        prop_assert!(replica.catch_up(&primary, 5, usize::MAX));
         assert_replica_matches(&primary, &replica, page_size);
+        let mut late = Replica::new();
+        prop_assert!(late.catch_up(&primary, late_batch, usize::MAX));
+        assert_replica_matches(&primary, &late, page_size);
     }
 }
 
@@ -468,7 +590,10 @@ proptest! {
         let mut ids: Vec<(u8, u8)> = Vec::new();
         if !removed.is_empty() {
             for (i, variant) in &reused {
-                let e = &removed[i.index(removed.len())].event;
+                let e = &removed[i.index(removed.len())]
+                    .as_event()
+                    .expect("`build` only appends events")
+                    .event;
                 let id: u8 = e.event_id["e-".len()..].parse().expect("e-N");
                 ids.push((id, *variant));
             }
@@ -476,7 +601,7 @@ proptest! {
         ids.extend(fresh.iter().map(|id| (*id, 0)));
         let mut seen = BTreeSet::new();
         ids.retain(|(id, _)| seen.insert(*id));
-        let more: Vec<StoredEvent> = ids
+        let more: Vec<LogEntry> = ids
             .iter()
             .enumerate()
             .map(|(i, (id, variant))| stored(x + 1 + i as u64, *id, *variant))
@@ -510,7 +635,7 @@ fn assert_read_only(err: Error, reason: &str) {
 fn replicated_epochs_are_recorded_at_their_first_lsn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let replica = open_replica(dir.path());
-    let log: Vec<StoredEvent> = (1..=9).map(|l| stored(l, l as u8, 0)).collect();
+    let log: Vec<LogEntry> = (1..=9).map(|l| stored(l, l as u8, 0)).collect();
 
     assert_eq!(
         replica
@@ -721,7 +846,7 @@ fn a_newer_epoch_fences_a_writable_engine_durably() {
 fn promoting_a_replica_is_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let replica = open_replica(dir.path());
-    let log: Vec<StoredEvent> = (1..=3).map(|l| stored(l, l as u8, 0)).collect();
+    let log: Vec<LogEntry> = (1..=3).map(|l| stored(l, l as u8, 0)).collect();
     replica.apply_replicated(log, 2).expect("apply");
     assert!(
         replica.note_epoch(4).expect("note"),
@@ -960,4 +1085,239 @@ fn recorded_epochs_only_grow() {
     assert_eq!(engine.epoch_history(), vec![(1, Lsn(1)), (3, Lsn(3))]);
     assert_eq!((engine.epoch(), engine.known_epoch()), (3, 3));
     assert_eq!(engine.read_only_reason(), None);
+}
+
+/// A primary with events of `o-0` .. `o-5` (ids 0..12), for the removal tests below.
+fn primary_with_events(dir: &Path) -> Engine {
+    let primary = open(dir);
+    append(&primary, &[(0, 0), (1, 0), (2, 0), (3, 0)]);
+    append(&primary, &[(4, 0), (5, 0), (6, 0), (7, 0)]);
+    append(&primary, &[(8, 0), (9, 0), (10, 0), (11, 0)]);
+    assert_eq!(primary.last_lsn(), Lsn(12));
+    primary
+}
+
+/// The order of the event stored at `lsn`.
+fn order_at(engine: &Engine, lsn: u64) -> String {
+    engine
+        .event(Lsn(lsn))
+        .expect("event")
+        .expect("an event")
+        .event
+        .order_id
+}
+
+/// (1) A replica that holds the events when their removal arrives removes them itself: the entry
+/// it receives is the removal, no tombstone, and it ends equal to the primary, erasure record
+/// included.
+#[test]
+fn a_replica_that_holds_the_events_removes_them() {
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_events(pdir.path());
+    let mut replica = Replica::new();
+    assert!(replica.catch_up(&primary, 5, usize::MAX));
+    assert_replica_matches(&primary, &replica, 3);
+
+    let victim = order_at(&primary, 2);
+    let receipt = primary
+        .erase_order(&victim)
+        .expect("erase")
+        .expect("erased");
+    let cutoff = Timestamp::from_millis(BASE_MS + 10_000).expect("in range");
+    let report = primary.expire_before(cutoff, 2).expect("expire");
+    assert_eq!(report.events, 2);
+    let shipped = primary.read_log(Lsn(13), 10).expect("read_log");
+    assert_eq!(shipped.len(), 2);
+    assert!(
+        shipped.iter().all(|e| matches!(e, LogEntry::Removal(_))),
+        "{shipped:?}"
+    );
+    let held: Vec<Lsn> = match &shipped[0] {
+        LogEntry::Removal(r) => r.lsns.clone(),
+        _ => unreachable!("checked above"),
+    };
+    assert!(
+        held.iter()
+            .all(|l| replica.engine.event(*l).expect("event").is_some())
+    );
+
+    assert!(replica.catch_up(&primary, 1, usize::MAX));
+    assert!(!replica.bootstrapped);
+    // The replica drops the same log prefix as the primary (compared in the snapshot).
+    assert_replica_matches(&primary, &replica, 3);
+    assert!(
+        held.iter()
+            .all(|l| replica.engine.event(*l).expect("event").is_none())
+    );
+    let record = replica
+        .engine
+        .erasure_record(receipt.lsn)
+        .expect("erasure_record")
+        .expect("the replica keeps the erasure record");
+    assert!(record.is_of(&victim));
+    assert_eq!(record.events, receipt.events);
+    let replica = replica.reopen();
+    assert_replica_matches(&primary, &replica, 3);
+}
+
+/// (1) A replica that is behind when events are removed receives their tombstones, then the
+/// removal (which finds nothing left to remove); its erasure record still counts the events the
+/// primary removed, so a receipt checks out on it after a failover.
+#[test]
+fn a_replica_that_catches_up_receives_tombstones() {
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_events(pdir.path());
+    let mut replica = Replica::new();
+    assert!(!replica.catch_up(&primary, 3, 1), "one batch of 3 of 12");
+    assert_eq!(replica.engine.last_lsn(), Lsn(3));
+
+    // An order with no event at or below LSN 3: the replica holds none of its events.
+    let early: BTreeSet<String> = (1..=3).map(|l| order_at(&primary, l)).collect();
+    let victim = (4..=12)
+        .map(|l| order_at(&primary, l))
+        .find(|o| !early.contains(o))
+        .expect("an order with only later events");
+    let receipt = primary
+        .erase_order(&victim)
+        .expect("erase")
+        .expect("erased");
+    assert_eq!(primary.first_lsn(), Lsn(1));
+    let tombstones: Vec<Lsn> = read_all(&primary)
+        .iter()
+        .filter_map(|e| match e {
+            LogEntry::Erased { lsn, by, .. } => {
+                assert_eq!(*by, receipt.lsn);
+                Some(*lsn)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tombstones.len() as u64, receipt.events);
+    assert!(tombstones.iter().all(|l| *l > Lsn(3)));
+
+    assert!(replica.catch_up(&primary, 4, usize::MAX));
+    assert!(!replica.bootstrapped);
+    assert_replica_matches(&primary, &replica, 2);
+    let record = replica
+        .engine
+        .erasure_record(receipt.lsn)
+        .expect("erasure_record")
+        .expect("the replica keeps the erasure record");
+    assert!(record.is_of(&victim));
+    assert_eq!(record.events, receipt.events);
+}
+
+/// (1) Once the primary dropped a log prefix (every event in it removed), a replica that needs
+/// an entry of that prefix cannot continue the log: the primary's log starts later and the replica
+/// refuses the gap. Bootstrapped from a checkpoint, it follows on and equals the primary.
+#[test]
+fn a_replica_behind_the_dropped_prefix_restarts_from_a_checkpoint() {
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let primary = open(pdir.path());
+    append(&primary, &[(0, 0), (1, 0)]);
+    let mut replica = Replica::new();
+    assert!(!replica.catch_up(&primary, 1, 1), "one batch of 1 of 2");
+    assert_eq!(replica.engine.last_lsn(), Lsn(1));
+    let cutoff = Timestamp::from_millis(BASE_MS + 60_000).expect("in range");
+    let report = primary.expire_before(cutoff, 10).expect("expire");
+    assert_eq!((report.lsn, report.events), (Some(Lsn(3)), 2));
+    // Nothing but the removal is left: the log keeps its last entry, which carries the last LSN.
+    assert_eq!(primary.first_lsn(), Lsn(3));
+    let log = read_all(&primary);
+    assert_eq!(
+        log.iter().map(LogEntry::lsn).collect::<Vec<_>>(),
+        vec![Lsn(3)]
+    );
+    let err = replica
+        .engine
+        .apply_replicated(log.clone(), 0)
+        .expect_err("a gap");
+    assert!(matches!(err, Error::Diverged(_)), "{err:?}");
+    assert_eq!(replica.engine.last_lsn(), Lsn(1));
+
+    append(&primary, &[(20, 0)]);
+    assert!(replica.catch_up(&primary, 2, usize::MAX));
+    assert!(replica.bootstrapped);
+    assert_replica_matches(&primary, &replica, 2);
+    append(&primary, &[(21, 0), (0, 0)]);
+    primary.erase_order(&order_at(&primary, 4)).expect("erase");
+    assert!(replica.catch_up(&primary, 2, usize::MAX));
+    assert_replica_matches(&primary, &replica, 2);
+}
+
+/// (1) A retransmitted batch (it starts at an entry the replica holds) is refused and writes
+/// nothing, also when it holds a removal: the parts a removal splits a batch into are refused
+/// together. Found by `a_replica_answers_like_its_primary`.
+#[test]
+fn a_refused_batch_with_a_removal_writes_nothing() {
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let primary = primary_with_events(pdir.path());
+    let mut replica = Replica::new();
+    assert!(replica.catch_up(&primary, 12, usize::MAX));
+    let victim = order_at(&primary, 2);
+    let erasure = primary
+        .erase_order(&victim)
+        .expect("erase")
+        .expect("erased");
+    append(&primary, &[(30, 0)]);
+    assert_eq!((erasure.lsn, primary.last_lsn()), (Lsn(13), Lsn(14)));
+
+    // The held entry 12, then the erasure at 13: the erasure must not be applied.
+    let before = snapshot(&replica.engine, 3);
+    let entries = primary.read_log(Lsn(12), 2).expect("read_log");
+    let err = replica
+        .engine
+        .apply_replicated(entries, 0)
+        .expect_err("a retransmission");
+    assert!(matches!(err, Error::Diverged(_)), "{err:?}");
+    assert_eq!(
+        snapshot(&replica.engine, 3),
+        before,
+        "the erasure was applied"
+    );
+
+    // The erasure (held after this ship), then the new event 14: the event must not be applied.
+    assert!(!replica.catch_up(&primary, 1, 1), "one batch of 1 of 2");
+    assert_eq!(replica.engine.last_lsn(), Lsn(13));
+    let before = snapshot(&replica.engine, 3);
+    let entries = primary.read_log(Lsn(13), 2).expect("read_log");
+    let err = replica
+        .engine
+        .apply_replicated(entries, 0)
+        .expect_err("a retransmission");
+    assert!(matches!(err, Error::Diverged(_)), "{err:?}");
+    assert_eq!(
+        snapshot(&replica.engine, 3),
+        before,
+        "the event was applied"
+    );
+
+    assert!(replica.catch_up(&primary, 5, usize::MAX));
+    assert_replica_matches(&primary, &replica, 3);
+}
+
+/// (2) A tail holding a removal is not truncated (the removed data cannot come back): refused,
+/// nothing changes; a cut at or after the removal works as before.
+#[test]
+fn truncation_refuses_a_tail_holding_a_removal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = primary_with_events(dir.path());
+    let victim = order_at(&engine, 5);
+    let erasure = engine.erase_order(&victim).expect("erase").expect("erased");
+    append(&engine, &[(30, 0), (31, 0)]);
+    assert_eq!((erasure.lsn, engine.last_lsn()), (Lsn(13), Lsn(15)));
+    engine.set_read_only("rejoin").expect("read-only");
+    let before = snapshot(&engine, 3);
+    for cut in [0, 4, 12] {
+        let err = engine.truncate_after(Lsn(cut)).expect_err("refused");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("removal")),
+            "{cut}: {err:?}"
+        );
+        assert_eq!(snapshot(&engine, 3), before);
+    }
+    assert_eq!(engine.truncate_after(Lsn(13)).expect("truncate"), 2);
+    assert_eq!(engine.last_lsn(), Lsn(13));
+    assert!(engine.verify().expect("verify").is_ok());
+    assert_eq!(engine.order_state(&victim).expect("state"), None);
 }

@@ -14,14 +14,15 @@
 //!                     — or Busy (another snapshot is being sent: ask again later)
 //! ```
 //!
-//! Entries carry the engine's own encoding of each stored event (`trackstore_engine::codec`), so the
-//! replica applies exactly the bytes the primary stored.
+//! Entries carry the engine's own encoding of each log entry (`trackstore_engine::codec`: events,
+//! tombstones, removals), so the replica applies exactly the bytes the primary stored.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The protocol version in `Hello`; a primary refuses any other. Version 2 added snapshot bootstrap
-/// (`Hello.accepts_snapshot` and the `Snapshot*` and `Busy` frames).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (`Hello.accepts_snapshot` and the `Snapshot*` and `Busy` frames); version 3 added tombstone and
+/// removal entries (erasure, retention) to `Entries`.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The largest frame accepted (length field), so a peer can never make us buffer more.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Entries in one `Entries` frame, and their encoded bytes (a frame stays far under the maximum).

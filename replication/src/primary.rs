@@ -114,6 +114,17 @@ impl PrimaryState {
     }
 }
 
+/// The first LSN a replica can be served from: a session that starts at LSN N sends the digest of
+/// entry N - 1 (the divergence check), so once removals dropped the log's prefix, the oldest entry
+/// held only anchors the next one.
+fn servable_from(first_held: Lsn) -> Lsn {
+    if first_held.0 <= 1 {
+        Lsn(1)
+    } else {
+        Lsn(first_held.0 + 1)
+    }
+}
+
 /// A view of the engine's log for `session`.
 pub fn log_view(engine: &Engine) -> LogView {
     let history = EpochHistory::new(engine.epoch_history()).unwrap_or_default();
@@ -121,8 +132,7 @@ pub fn log_view(engine: &Engine) -> LogView {
         epoch: history.current(),
         known_epoch: engine.known_epoch(),
         history,
-        // There is no retention yet: the log holds every LSN from 1.
-        first_lsn: Lsn(1),
+        first_lsn: servable_from(engine.first_lsn()),
         last_lsn: engine.last_lsn(),
     }
 }
@@ -291,7 +301,7 @@ async fn session(
             .await
             .map_err(|e| ReplError::Protocol(e.to_string()))??;
         match entry.first() {
-            Some(ev) if ev.lsn == at => session::entry_digest(&codec::encode_event(ev)),
+            Some(ev) if ev.lsn() == at => session::entry_digest(&codec::encode_log_entry(ev)),
             _ => {
                 return Err(ReplError::Protocol(format!(
                     "LSN {at} is not in this primary's log"
@@ -382,13 +392,13 @@ async fn ship(
             let mut entries = Vec::with_capacity(events.len());
             let mut bytes = 0;
             for (i, ev) in events.iter().enumerate() {
-                if ev.lsn != Lsn(from.0 + i as u64) {
+                if ev.lsn() != Lsn(from.0 + i as u64) {
                     return Err(ReplError::Protocol(format!(
                         "the log has a gap at LSN {}",
                         from.0 + i as u64
                     )));
                 }
-                let b = codec::encode_event(ev);
+                let b = codec::encode_log_entry(ev);
                 bytes += b.len();
                 entries.push(Bytes::from(b));
                 if bytes >= BATCH_BYTES_MAX {

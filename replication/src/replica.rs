@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
-use trackstore_engine::{Engine, EngineOptions, Lsn, codec};
+use trackstore_engine::{Engine, EngineOptions, LogEntry, Lsn, codec};
 
 use crate::epochs::EpochHistory;
 use crate::frame::{
@@ -306,8 +306,8 @@ async fn session(
                 let ours = tokio::task::spawn_blocking(move || e.read_log(at, 1))
                     .await
                     .map_err(|e| ReplError::Protocol(e.to_string()))??;
-                if let Some(ev) = ours.first().filter(|ev| ev.lsn == Lsn(start_from - 1))
-                    && crate::session::entry_digest(&codec::encode_event(ev)) != prev_digest
+                if let Some(ev) = ours.first().filter(|ev| ev.lsn() == Lsn(start_from - 1))
+                    && crate::session::entry_digest(&codec::encode_log_entry(ev)) != prev_digest
                 {
                     let msg = format!(
                         "this log and the primary's differ at LSN {} although their epoch \
@@ -515,22 +515,23 @@ async fn session(
                 let mut events = Vec::with_capacity(entries.len());
                 for (i, b) in entries.iter().enumerate() {
                     bytes += b.len() as u64;
-                    let e = codec::decode_event(b).map_err(|e| {
+                    let e = codec::decode_log_entry(b).map_err(|e| {
                         ReplError::Protocol(format!(
                             "entry {} does not decode: {e}",
                             first_lsn + i as u64
                         ))
                     })?;
-                    if e.lsn != Lsn(first_lsn + i as u64) {
+                    if e.lsn() != Lsn(first_lsn + i as u64) {
                         return Err(ReplError::Protocol(format!(
                             "entry {} carries LSN {}",
                             first_lsn + i as u64,
-                            e.lsn
+                            e.lsn()
                         )));
                     }
                     events.push(e);
                 }
-                let received: Vec<i64> = events.iter().map(|e| e.received_at.as_millis()).collect();
+                let received: Vec<i64> =
+                    events.iter().map(|e| e.received_at().as_millis()).collect();
                 let last = Lsn(first_lsn + events.len() as u64 - 1);
                 let (tx, rx) = oneshot::channel();
                 engine.submit_replicated(events, epoch, move |r| {
@@ -605,8 +606,10 @@ pub fn quarantine_and_truncate(
     loop {
         let page = engine.read_log(from, 10_000)?;
         let Some(tail) = page.last() else { break };
-        from = Lsn(tail.lsn.0 + 1);
-        for e in &page {
+        from = Lsn(tail.lsn().0 + 1);
+        // Tombstones and removals carry no event to save; a tail holding a removal cannot be
+        // truncated at all (the engine refuses it below).
+        for e in page.iter().filter_map(LogEntry::as_event) {
             serde_json::to_writer(&mut file, &e.to_json())
                 .map_err(|e| ReplError::Quarantine(e.to_string()))?;
             file.write_all(b"\n").map_err(q)?;

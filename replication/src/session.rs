@@ -17,8 +17,8 @@ pub struct LogView {
     pub epoch: u64,
     /// The highest epoch the node has heard of.
     pub known_epoch: u64,
-    /// The oldest LSN the log still holds: 1 while nothing was removed (today: always, there is no
-    /// retention yet). A replica that needs an older entry can only be rebuilt from a snapshot.
+    /// The oldest LSN a replica can be served from: 1 until removals dropped the log's prefix. A
+    /// replica that needs an older entry can only be rebuilt from a snapshot.
     pub first_lsn: Lsn,
     pub last_lsn: Lsn,
 }

@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use trackstore_engine::event::{BodyFormat, check_id, parse_request};
 use trackstore_engine::{
-    Direction, Engine, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
+    Direction, Engine, LogEntry, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
 };
 
 use crate::config::Limits;
@@ -40,6 +40,7 @@ pub struct App {
     pub engine: Arc<Engine>,
     pub replication: Arc<crate::replication::Replication>,
     pub hub: Arc<Hub>,
+    pub maintenance: Arc<crate::maintenance::Maintenance>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub inflight: Arc<Semaphore>,
@@ -53,16 +54,19 @@ type AppState = Arc<App>;
 
 /// Every route of `router`, as (method, path template): the OpenAPI document must list exactly these
 /// (checked by `tests/openapi_routes.rs`, which also sends each one through the router).
-pub const ROUTES: [(&str, &str); 13] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("POST", "/v1/events"),
     ("GET", "/v1/events"),
     ("GET", "/v1/orders"),
     ("GET", "/v1/orders/{order_id}"),
+    ("DELETE", "/v1/orders/{order_id}"),
     ("GET", "/v1/orders/{order_id}/events"),
     ("GET", "/v1/stats"),
     ("GET", "/v1/stream"),
     ("GET", "/v1/admin/replication"),
     ("POST", "/v1/admin/promote"),
+    ("GET", "/v1/admin/erasures/{lsn}"),
+    ("POST", "/v1/admin/purge"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -82,12 +86,17 @@ pub fn router_with_auth(app: AppState, auth: Arc<crate::auth::Auth>) -> Router {
     Router::new()
         .route("/v1/events", get(time_range).post(ingest))
         .route("/v1/orders", get(orders_in_status))
-        .route("/v1/orders/{order_id}", get(order_state))
+        .route(
+            "/v1/orders/{order_id}",
+            get(order_state).delete(erase_order),
+        )
         .route("/v1/orders/{order_id}/events", get(timeline))
         .route("/v1/stats", get(stats))
         .route("/v1/stream", get(stream))
         .route("/v1/admin/replication", get(replication))
         .route("/v1/admin/promote", post(promote))
+        .route("/v1/admin/erasures/{lsn}", get(erasure_record))
+        .route("/v1/admin/purge", post(purge))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -109,10 +118,17 @@ pub fn route_of(path: &str) -> &'static str {
         "/v1/stream" => "/v1/stream",
         "/v1/admin/replication" => "/v1/admin/replication",
         "/v1/admin/promote" => "/v1/admin/promote",
+        "/v1/admin/purge" => "/v1/admin/purge",
         "/v1/openapi.json" => "/v1/openapi.json",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        p if p
+            .strip_prefix("/v1/admin/erasures/")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) =>
+        {
+            "/v1/admin/erasures/{lsn}"
+        }
         p => match p.strip_prefix("/v1/orders/") {
             Some(rest) if !rest.is_empty() && !rest.contains('/') => "/v1/orders/{order_id}",
             Some(rest) if rest.ends_with("/events") && rest.matches('/').count() == 1 => {
@@ -168,7 +184,14 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
             }
         }
     };
-    let resp = match tokio::time::timeout(app.limits.request_timeout, next.run(req)).await {
+    // A purge rewrites the whole store and may take minutes: it is single-flight and admin-only, so
+    // it is exempt from the request timeout rather than cut off while it keeps running.
+    let timeout = if route == "/v1/admin/purge" {
+        Duration::MAX
+    } else {
+        app.limits.request_timeout
+    };
+    let resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
             let mut p = Problem::new(
@@ -733,8 +756,13 @@ async fn follow(
                 ),
             ));
         }
-        let batch = match app.hub.from_ring(*next, STEP_EVENTS) {
-            Some(b) => b,
+        // The events to send, and the last LSN the read covered (tombstones and removals in the log
+        // have nothing to send but are passed over).
+        let (batch, scanned_to) = match app.hub.from_ring(*next, STEP_EVENTS) {
+            Some(b) => {
+                let last = b.last().map(|e| e.lsn.0);
+                (b, last)
+            }
             None => {
                 let engine = app.engine.clone();
                 let from = *next;
@@ -742,17 +770,25 @@ async fn follow(
                     tokio::task::spawn_blocking(move || engine.read_log(Lsn(from), STEP_EVENTS))
                         .await;
                 match read {
-                    Ok(Ok(events)) => events.into_iter().map(Arc::new).collect(),
+                    Ok(Ok(entries)) => {
+                        let last = entries.last().map(|e| e.lsn().0);
+                        let events = entries
+                            .into_iter()
+                            .filter_map(LogEntry::into_event)
+                            .map(Arc::new)
+                            .collect();
+                        (events, last)
+                    }
                     Ok(Err(e)) => return Some(("storage_failure", e.to_string())),
                     Err(e) => return Some(("internal", e.to_string())),
                 }
             }
         };
-        if batch.is_empty() {
-            // Nothing stored from `next` to the head (erased entries): skip to the head.
+        let Some(scanned_to) = scanned_to else {
+            // Nothing stored from `next` to the head: skip to the head.
             *next = head + 1;
             continue;
-        }
+        };
         for e in batch {
             if filter.matches(&e) {
                 let item = SseEvent::default()
@@ -767,6 +803,7 @@ async fn follow(
             // Advanced only once delivered, so that `next_lsn` in a final error is exact.
             *next = e.lsn.0 + 1;
         }
+        *next = (*next).max(scanned_to + 1);
     }
 }
 
@@ -867,6 +904,94 @@ async fn promote(
             "Promotion failed",
             e.to_string(),
         )),
+    }
+}
+
+// ---- data protection -------------------------------------------------------------------------
+
+/// The response header naming the LSN of an erasure; the audit log records it (not the order id).
+pub const ERASURE_LSN_HEADER: &str = "trackstore-erasure-lsn";
+
+async fn erase_order(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    q: RawQuery,
+) -> Result<Response, Problem> {
+    Params::from(q)?.finish()?;
+    if let Some(primary) = app.replication.primary() {
+        return Err(Problem::read_only_replica(
+            format!("this node is a read-only replica; send erasures to the primary at {primary}"),
+            Some(primary),
+        ));
+    }
+    order_id_param(&order_id)?;
+    let engine = app.engine.clone();
+    let id = order_id.clone();
+    let receipt = blocking(move || engine.erase_order(&id).map_err(Problem::from)).await?;
+    let Some(r) = receipt else {
+        return Err(Problem::not_found(format!(
+            "no order {order_id:?}: nothing to erase (already erased, or never stored)"
+        )));
+    };
+    app.metrics.erasures.inc();
+    app.metrics.erased_events.inc_by(r.events);
+    let mut resp = axum::Json(json!({
+        "order_id": r.order_id,
+        "lsn": r.lsn.0,
+        "erased_at": r.erased_at.to_string(),
+        "events": r.events,
+    }))
+    .into_response();
+    resp.headers_mut()
+        .insert(ERASURE_LSN_HEADER, HeaderValue::from(r.lsn.0));
+    Ok(resp)
+}
+
+/// `GET /v1/admin/erasures/{lsn}[?order_id=...]`: the record of an erasure, and whether it was of the
+/// given order (an auditor checking a receipt).
+async fn erasure_record(
+    State(app): State<AppState>,
+    Path(lsn): Path<String>,
+    q: RawQuery,
+) -> Result<Response, Problem> {
+    let mut p = Params::from(q)?;
+    let order_id = p.take("order_id")?;
+    p.finish()?;
+    let lsn: u64 = lsn
+        .parse()
+        .map_err(|_| Problem::invalid_parameter("lsn", "must be a log sequence number"))?;
+    if let Some(id) = &order_id {
+        order_id_param(id)?;
+    }
+    let engine = app.engine.clone();
+    let record = blocking(move || engine.erasure_record(Lsn(lsn)).map_err(Problem::from)).await?;
+    let Some(record) = record else {
+        return Err(Problem::not_found(format!("no erasure at LSN {lsn}")));
+    };
+    let mut body = json!({
+        "lsn": record.lsn.0,
+        "erased_at": record.erased_at.to_string(),
+        "events": record.events,
+    });
+    if let Some(id) = order_id {
+        body["order_id_matches"] = json!(record.is_of(&id));
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+async fn purge(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
+    Params::from(q)?.finish()?;
+    match app.maintenance.purge().await {
+        Ok(took) => {
+            Ok(axum::Json(json!({"purged": true, "seconds": took.as_secs_f64()})).into_response())
+        }
+        Err(e @ crate::maintenance::PurgeError::Running) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "purge-running",
+            "A purge is already running",
+            e.to_string(),
+        )),
+        Err(e) => Err(Problem::internal(e.to_string())),
     }
 }
 

@@ -619,18 +619,23 @@ pub async fn authorize(State(auth): State<Arc<Auth>>, mut req: Request, next: Ne
 
 fn admin_record(caller: &Caller, req: &Request, outcome: Outcome) -> AuditRecord {
     let path = req.uri().path();
-    let target = match path.strip_prefix("/v1/admin/") {
-        Some(rest) => rest,
-        None => path.strip_prefix("/v1/orders/").unwrap_or(path),
+    // An erasure's audit record must not keep the personal data it removes: the order id is left
+    // out, and the final record names the erasure's LSN, whose receipt an auditor holding the order
+    // id can check (`trackctl erasure check`).
+    let (action, target) = match path.strip_prefix("/v1/admin/") {
+        Some(rest) => (format!("{} {path}", req.method()), rest),
+        None if crate::api::route_of(path) == "/v1/orders/{order_id}" => (
+            format!("{} /v1/orders/{{order_id}}", req.method()),
+            ERASURE_TARGET,
+        ),
+        None => (format!("{} {path}", req.method()), path),
     };
-    AuditRecord::new(
-        &caller.name,
-        &format!("{} {path}", req.method()),
-        target,
-        outcome,
-    )
-    .with_request_id(crate::audit::request_id(req.headers()))
+    AuditRecord::new(&caller.name, &action, target, outcome)
+        .with_request_id(crate::audit::request_id(req.headers()))
 }
+
+/// The target of an erasure's audit records until its LSN is known.
+const ERASURE_TARGET: &str = "erasure (order id withheld)";
 
 /// An admin request: a state-changing one (any method but GET and HEAD) runs only after a
 /// `started` record is on disk, and its outcome is on disk before the answer leaves; reads are
@@ -660,6 +665,13 @@ async fn audited(auth: &Auth, caller: Caller, mut req: Request, next: Next) -> R
     req.extensions_mut().insert(audit.clone());
     let mut resp = next.run(req).await;
     record.outcome = Outcome::Status(resp.status().as_u16());
+    if let Some(lsn) = resp
+        .headers()
+        .get(crate::api::ERASURE_LSN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        record.target = format!("erasure at LSN {lsn}");
+    }
     record.time = trackstore_engine::Timestamp::now().to_string();
     let persist = if changes_state {
         Persist::Fsync

@@ -87,7 +87,14 @@ pub struct Config {
     pub limits: Limits,
     /// Access tokens and who may do what without one (auth.rs, docs/security.md).
     pub auth: AuthConfig,
+    /// Retention and purge (maintenance.rs, docs/data-protection.md).
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
+
+/// Defaults of the maintenance keys.
+const RETENTION_INTERVAL_MS: u64 = 60_000;
+const RETENTION_STEP_EVENTS: usize = 10_000;
+const PURGE_INTERVAL_MS: u64 = 24 * 3600 * 1000;
 
 /// Every bound of the front end. Documented in docs/limits.md.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +145,12 @@ impl Default for Config {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            maintenance: crate::maintenance::MaintenanceConfig {
+                retention: None,
+                retention_interval: Duration::from_millis(RETENTION_INTERVAL_MS),
+                retention_step_events: RETENTION_STEP_EVENTS,
+                purge_interval: Some(Duration::from_millis(PURGE_INTERVAL_MS)),
+            },
             durability: Durability::Sync,
             log_format: LogFormat::Text,
             limits: Limits::default(),
@@ -229,6 +242,20 @@ pub struct Flags {
     pub stream_max_lag_events: Option<u64>,
     #[arg(long, env = "TRACKSTORE_MAX_SUBSCRIBERS")]
     pub max_subscribers: Option<usize>,
+    /// Primary: remove events that occurred more than this many days ago (and orders left with no
+    /// event), in the background; the removals replicate. Default: keep everything.
+    #[arg(long, env = "TRACKSTORE_RETENTION_DAYS", value_name = "DAYS")]
+    pub retention_days: Option<u32>,
+    /// How often the retention sweep runs. Default 60000.
+    #[arg(long, env = "TRACKSTORE_RETENTION_INTERVAL_MS")]
+    pub retention_interval_ms: Option<u64>,
+    /// Events removed per retention step (one short write each), 1..=100000. Default 10000.
+    #[arg(long, env = "TRACKSTORE_RETENTION_STEP_EVENTS")]
+    pub retention_step_events: Option<usize>,
+    /// Purge (rewrite removed data off the disk) at most this often when something was erased or
+    /// expired since the last purge; 0: only on `POST /v1/admin/purge`. Default 86400000 (a day).
+    #[arg(long, env = "TRACKSTORE_PURGE_INTERVAL_MS")]
+    pub purge_interval_ms: Option<u64>,
     /// TOML file of `[[tokens]]` entries (e.g. a mounted secret), added to those of --config.
     #[arg(long, env = "TRACKSTORE_TOKENS_FILE", value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
@@ -267,6 +294,10 @@ pub struct File {
     pub stream_buffer_events: Option<usize>,
     pub stream_max_lag_events: Option<u64>,
     pub max_subscribers: Option<usize>,
+    pub retention_days: Option<u32>,
+    pub retention_interval_ms: Option<u64>,
+    pub retention_step_events: Option<usize>,
+    pub purge_interval_ms: Option<u64>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
     pub tokens_file: Option<PathBuf>,
@@ -386,6 +417,26 @@ impl Config {
                     .unwrap_or(dl.max_subscribers),
             },
             auth,
+            maintenance: crate::maintenance::MaintenanceConfig {
+                retention: f
+                    .retention_days
+                    .or(file.retention_days)
+                    .map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+                retention_interval: f
+                    .retention_interval_ms
+                    .or(file.retention_interval_ms)
+                    .map(ms)
+                    .unwrap_or(d.maintenance.retention_interval),
+                retention_step_events: f
+                    .retention_step_events
+                    .or(file.retention_step_events)
+                    .unwrap_or(d.maintenance.retention_step_events),
+                purge_interval: match f.purge_interval_ms.or(file.purge_interval_ms) {
+                    Some(0) => None,
+                    Some(v) => Some(ms(v)),
+                    None => d.maintenance.purge_interval,
+                },
+            },
         };
         config.check()?;
         Ok(config)
@@ -422,6 +473,19 @@ impl Config {
                  helps no one)"
                     .into(),
             );
+        }
+        let m = &self.maintenance;
+        if m.retention.is_some_and(|r| r.is_zero()) {
+            return bad(
+                "retention_days must be at least 1 (leave it unset to keep everything)".into(),
+            );
+        }
+        if m.retention_interval.is_zero() {
+            return bad("retention_interval_ms must be positive".into());
+        }
+        let step_max = trackstore_engine::limits::REMOVAL_EVENTS_MAX;
+        if m.retention_step_events == 0 || m.retention_step_events > step_max {
+            return bad(format!("retention_step_events must be 1..={step_max}"));
         }
         if l.header_read_timeout.is_zero() || l.request_timeout.is_zero() {
             return bad("timeouts must be positive".into());

@@ -35,6 +35,11 @@ impl Hub {
 
     /// Runs on the writer thread after each commit. Events are copied only while someone listens.
     pub fn publish(&self, info: &CommitInfo<'_>) {
+        if !info.removed.is_empty() {
+            // Removed (erased or expired) events must not be replayed: readers go to the log, which
+            // holds their tombstones.
+            self.ring.lock().expect("ring lock").clear();
+        }
         if !info.new_events.is_empty() && self.subscribers.load(Ordering::Acquire) > 0 {
             let mut ring = self.ring.lock().expect("ring lock");
             let first = info.new_events[0].lsn.0;
@@ -165,6 +170,7 @@ mod tests {
             bytes: 0,
             write_time: Duration::ZERO,
             new_events: events,
+            removed: &[],
         });
     }
 

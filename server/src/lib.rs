@@ -20,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod maintenance;
 pub mod metrics;
 pub mod net;
 pub mod problem;

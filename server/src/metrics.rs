@@ -89,6 +89,14 @@ pub struct Metrics {
     replication_snapshots: Family<OutcomeLabels, Gauge>,
     replication_snapshot_bytes: Gauge,
     epoch: Gauge,
+    /// Orders erased through the API on this node.
+    pub erasures: Counter,
+    pub erased_events: Counter,
+    /// Retention: events and whole orders removed by this node's sweeps.
+    pub retention_events: Counter,
+    pub retention_orders: Counter,
+    pub purges: Family<OutcomeLabels, Counter>,
+    pub purge_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -146,6 +154,13 @@ impl Metrics {
             replication_snapshots: Family::default(),
             replication_snapshot_bytes: Gauge::default(),
             epoch: Gauge::default(),
+            erasures: Counter::default(),
+            erased_events: Counter::default(),
+            retention_events: Counter::default(),
+            retention_orders: Counter::default(),
+            purges: Family::default(),
+            // 10 ms .. ~1.5 h.
+            purge_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -277,6 +292,37 @@ impl Metrics {
             m.replication_snapshot_bytes.clone(),
         );
         r.register("epoch", "This node's epoch", m.epoch.clone());
+        r.register(
+            "erasures",
+            "Orders erased by DELETE /v1/orders/{order_id} on this node",
+            m.erasures.clone(),
+        );
+        r.register(
+            "erased_events",
+            "Events removed by erasures on this node",
+            m.erased_events.clone(),
+        );
+        r.register(
+            "retention_removed_events",
+            "Events removed by the retention sweep (primary)",
+            m.retention_events.clone(),
+        );
+        r.register(
+            "retention_removed_orders",
+            "Orders removed by the retention sweep because none of their events remained",
+            m.retention_orders.clone(),
+        );
+        r.register(
+            "purges",
+            "Purges (removed data rewritten off the disk), by outcome (ok, failed)",
+            m.purges.clone(),
+        );
+        r.register_with_unit(
+            "purge_duration",
+            "Time of one purge (flush, full compaction, MANIFEST rollover)",
+            Unit::Seconds,
+            m.purge_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 

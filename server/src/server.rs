@@ -207,10 +207,17 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         shutdown_rx.clone(),
     )
     .await?;
+    let maintenance = Arc::new(crate::maintenance::Maintenance::new(
+        engine.clone(),
+        metrics.clone(),
+        config.maintenance.clone(),
+    ));
+    let maintenance_task = tokio::spawn(maintenance.clone().run(shutdown_rx.clone()));
     let app = Arc::new(App {
         replication: replication.clone(),
         engine: engine.clone(),
         hub,
+        maintenance,
         metrics: metrics.clone(),
         limits: limits.clone(),
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
@@ -271,6 +278,8 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     app.shutting_down.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    // A retention step in progress finishes (it is one short write); a running purge is waited for.
+    let _ = maintenance_task.await;
     drop(shared);
     drop(app);
     replication.stop().await;

@@ -12,8 +12,9 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 use trackstore_engine::{Engine, EngineOptions};
 use trackstore_server::api::{self, App, OPENAPI, ROUTES};
-use trackstore_server::config::Limits;
+use trackstore_server::config::{Config, Limits};
 use trackstore_server::hub::Hub;
+use trackstore_server::maintenance::Maintenance;
 use trackstore_server::metrics::Metrics;
 
 fn documented() -> BTreeSet<(String, String)> {
@@ -53,11 +54,17 @@ async fn every_route_reaches_a_handler() {
     let engine = Arc::new(Engine::open(dir.path(), EngineOptions::default()).unwrap());
     let (_tx, shutdown) = watch::channel(false);
     let limits = Limits::default();
+    let metrics = Arc::new(Metrics::new());
     let app = Arc::new(App {
         replication: trackstore_server::replication::Replication::standalone(engine.clone()),
         hub: Arc::new(Hub::new(engine.last_lsn())),
+        maintenance: Arc::new(Maintenance::new(
+            engine.clone(),
+            metrics.clone(),
+            Config::default().maintenance,
+        )),
         engine,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
         limits,
         shutdown,
@@ -66,7 +73,7 @@ async fn every_route_reaches_a_handler() {
     });
     let router = api::router(app);
     for (method, path) in ROUTES {
-        let path = path.replace("{order_id}", "o-1");
+        let path = path.replace("{order_id}", "o-1").replace("{lsn}", "1");
         // The stream never ends by itself: check its head only.
         let req = Request::builder()
             .method(method)

@@ -4,6 +4,7 @@
 //! - `input`: events read from a JSON array or NDJSON, streamed in bounded batches.
 //! - `ingest`: batches sent with safe retries; the created / duplicate / rejected summary.
 //! - `quarantine`: the summary of a quarantine file.
+//! - `erasure`: the verdict of an erasure receipt check.
 //! - `certs`: a cluster CA and node certificates for mutual TLS.
 //! - `token`: bearer tokens and their stored hashes.
 //! - `table`: plain-text tables.
@@ -13,6 +14,7 @@
 use std::path::PathBuf;
 
 pub mod certs;
+pub mod erasure;
 pub mod ingest;
 pub mod input;
 pub mod quarantine;

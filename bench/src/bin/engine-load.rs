@@ -298,7 +298,11 @@ fn disk(args: &Args, store: &Path) -> Result<()> {
     let events = engine.stats().events;
     // A sample of the log (one `read_log` page), averaged over what was actually read.
     let mut json_bytes = 0u64;
-    let sample = engine.read_log(Lsn(1), 100_000)?;
+    let sample: Vec<_> = engine
+        .read_log(Lsn(1), 100_000)?
+        .into_iter()
+        .filter_map(trackstore_engine::LogEntry::into_event)
+        .collect();
     for e in &sample {
         json_bytes += serde_json::to_vec(&e.event.to_json())?.len() as u64;
     }

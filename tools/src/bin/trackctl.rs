@@ -1,9 +1,10 @@
 //! trackctl: trackstore's command-line client (over HTTP/1.1, HTTP/2 or HTTP/3) and admin tools:
-//! ingest, reads, the live stream, replication and quarantine, certificates and tokens, and the
-//! offline `verify` and `checkpoint` of a data directory. See docs/trackctl.md.
+//! ingest, reads, the live stream, replication and quarantine, erasure and purge, certificates and
+//! tokens, and the offline `verify` and `checkpoint` of a data directory. See docs/trackctl.md.
 //!
-//! Exit codes: 0 success; 1 the server said no (4xx/5xx, not found), an event was rejected, or
-//! `verify` found a problem; 2 usage, configuration or connection errors.
+//! Exit codes: 0 success; 1 the server said no (4xx/5xx, not found), an event was rejected,
+//! `verify` found a problem or an erasure receipt does not hold; 2 usage, configuration or
+//! connection errors; 3 an erasure receipt holds but its order was ingested again.
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read};
@@ -17,10 +18,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use trackstore_client::{
-    Client, Connection, Error as ClientError, EventPage, OrderPage, OrderState, OrdersQuery,
-    RangeQuery, ReplicationState, StoredEvent, StreamItem, StreamQuery, TimelineQuery,
+    Client, Connection, ErasureReceipt, Error as ClientError, EventPage, OrderPage, OrderState,
+    OrdersQuery, RangeQuery, ReplicationState, StoredEvent, StreamItem, StreamQuery, TimelineQuery,
 };
 use trackstore_engine::{Engine, EngineOptions, Status};
+use trackstore_tools::erasure::{OrderNow, Report};
 use trackstore_tools::ingest::{Encoding, Ingester, Summary};
 use trackstore_tools::input::{Format, Item, LINE_BYTES_MAX, ReadOptions, read_batches};
 use trackstore_tools::table::Table;
@@ -45,8 +47,9 @@ const TAIL_BACKOFF_MAX: Duration = Duration::from_secs(5);
     name = "trackctl",
     version,
     about = "trackstore command-line client and admin tools",
-    after_help = "Exit codes: 0 ok; 1 the server said no (or an event was rejected, or verify found \
-                  a problem); 2 usage, configuration or connection error."
+    after_help = "Exit codes: 0 ok; 1 the server said no (or an event was rejected, verify found a \
+                  problem, or an erasure receipt does not hold); 2 usage, configuration or \
+                  connection error; 3 an erasure receipt holds but its order was ingested again."
 )]
 struct Cli {
     #[command(flatten)]
@@ -193,6 +196,23 @@ enum Cmd {
         #[arg(long)]
         planned: bool,
     },
+    /// Erase every event and all state of an order (GDPR); irreversible, so it needs --yes.
+    /// Prints the receipt (LSN, time, events removed) that `erasure check` verifies later. The
+    /// data leaves the disk at the next purge.
+    Erase {
+        order_id: String,
+        /// Confirm the erasure: it cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Erasure receipts.
+    Erasure {
+        #[command(subcommand)]
+        command: ErasureCmd,
+    },
+    /// Make erased and expired data leave the disk now (flush, full compaction, MANIFEST
+    /// rollover); prints how long it took. Heavy: one runs at a time.
+    Purge,
     /// Quarantine files: NDJSON of stored events set aside by replication.
     Quarantine {
         #[command(subcommand)]
@@ -222,6 +242,14 @@ enum Cmd {
 enum ReplicationCmd {
     /// GET /v1/admin/replication.
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum ErasureCmd {
+    /// Check a receipt: exit 0 when the erasure at LSN was of ORDER_ID and the order answers 404;
+    /// 1 when there is no erasure at LSN, it was of another order, or it left events behind; 3
+    /// when the order was ingested again after the erasure.
+    Check { lsn: u64, order_id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +354,17 @@ fn report(e: &anyhow::Error) {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let json = cli.global.json;
+    // Refused before any connection: nothing reaches the server without the confirmation.
+    if let Cmd::Erase {
+        order_id,
+        yes: false,
+    } = &cli.command
+    {
+        anyhow::bail!(
+            "erase removes every event of order {order_id:?} and cannot be undone: add --yes to \
+             confirm"
+        );
+    }
     match cli.command {
         Cmd::Verify { data_dir } => verify(&data_dir),
         Cmd::Checkpoint { data_dir, dest } => checkpoint(&data_dir, &dest),
@@ -490,6 +529,30 @@ async fn run_online(client: Client, cmd: Cmd, json: bool) -> Result<ExitCode> {
         Cmd::Promote { planned } => {
             let state = conn.promote(planned).await.context("promote")?;
             print_replication(&state, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Erase { order_id, .. } => {
+            let receipt = conn
+                .erase_order(&order_id)
+                .await
+                .with_context(|| format!("erase order {order_id:?}"))?;
+            print_receipt(&receipt, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Erasure {
+            command: ErasureCmd::Check { lsn, order_id },
+        } => erasure_check(&conn, lsn, &order_id, json).await,
+        Cmd::Purge => {
+            let report = conn.purge().await.context("purge")?;
+            anyhow::ensure!(report.purged, "the server answered 200 without purging");
+            if json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "purge done in {:.3} s: erased and expired data is off the disk",
+                    report.seconds
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         other => unreachable!("{other:?} is an offline command"),
@@ -1077,6 +1140,80 @@ fn quarantine_show(file: &Path, json: bool) -> Result<ExitCode> {
         println!("  line {line}: {why}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// ---- erasure ---------------------------------------------------------------------------------
+
+fn print_receipt(r: &ErasureReceipt, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    let mut t = Table::plain();
+    t.row(["order_id".to_owned(), r.order_id.clone()]);
+    t.row(["lsn".to_owned(), r.lsn.to_string()]);
+    t.row(["erased_at".to_owned(), r.erased_at.clone()]);
+    t.row(["events".to_owned(), r.events.to_string()]);
+    print!("{}", t.render());
+    eprintln!(
+        "Keep this receipt: `trackctl erasure check {} {}` verifies it. The data leaves the disk \
+         at the next purge.",
+        r.lsn, r.order_id
+    );
+    Ok(())
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    e.status().map(|s| s.as_u16()) == Some(404)
+}
+
+/// The order as it answers now: None for 404, else its event count and oldest LSN.
+async fn order_now(conn: &Connection, order_id: &str) -> Result<Option<OrderNow>> {
+    let state = match conn.order(order_id).await {
+        Ok(s) => s,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("get order {order_id:?}"))),
+    };
+    let q = TimelineQuery {
+        limit: Some(1),
+        ..TimelineQuery::default()
+    };
+    let page = conn
+        .timeline(order_id, &q)
+        .await
+        .with_context(|| format!("get the oldest event of order {order_id:?}"))?;
+    // An empty timeline: the order was erased again between the two requests.
+    Ok(page.events.first().map(|e| OrderNow {
+        events: state.event_count,
+        first_lsn: e.lsn,
+    }))
+}
+
+async fn erasure_check(
+    conn: &Connection,
+    lsn: u64,
+    order_id: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let record = match conn.erasure_record(lsn, Some(order_id)).await {
+        Ok(r) => Some(r),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("get the erasure at LSN {lsn}")));
+        }
+    };
+    // The order's state matters only for a receipt that holds (and needs the `read` scope).
+    let now = if record.as_ref().and_then(|r| r.order_id_matches) == Some(true) {
+        order_now(conn, order_id).await?
+    } else {
+        None
+    };
+    let report = Report::new(lsn, order_id, record.as_ref(), now);
+    if json {
+        print_json(&report)?;
+    } else {
+        println!("{}", report.message);
+    }
+    Ok(ExitCode::from(report.exit_code))
 }
 
 // ---- certificates and tokens -----------------------------------------------------------------

@@ -1,0 +1,444 @@
+//! Removals: GDPR erasure of an order and retention of old events. Both run on the writer thread,
+//! alone (never inside a group), so they see only committed data. The primary chooses the events to
+//! remove; a replica receives the removal entry and removes the same events through the same `commit`,
+//! so both stores end equal.
+//!
+//! One removal is one durable batch: each removed event's log entry becomes a tombstone (the log stays
+//! gap-free), its `by_order`, `by_time` and event-id entries are deleted, the states of the orders
+//! concerned are recomputed from what remains (an order with nothing left is deleted with its status
+//! index entry), the removal entry takes the next LSN, and an erasure leaves a record to check receipts
+//! against. A crash leaves the store before or after, never between.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rocksdb::{ReadOptions, WriteBatch, WriteOptions};
+
+use crate::codec;
+use crate::engine::{CommitInfo, Shared};
+use crate::entry::{
+    ErasureReceipt, ErasureRecord, LogEntry, Removal, RemovalKind, RetentionReport, SALT_BYTES,
+    order_digest,
+};
+use crate::error::{Error, Result};
+use crate::event::{Lsn, StoredEvent};
+use crate::keys::{self, TimePos};
+use crate::limits::{REMOVAL_EVENTS_MAX, TRIM_SCAN_ENTRIES_MAX};
+use crate::state::{OrderState, Stats};
+use crate::store::{self, Cf};
+use crate::time::Timestamp;
+
+/// Erases every event of `order_id`. None when the store holds no event of the order (nothing is
+/// written then).
+pub(crate) fn erase(
+    shared: &Shared,
+    order_id: &str,
+    at: Timestamp,
+    opts: &WriteOptions,
+) -> Result<Option<ErasureReceipt>> {
+    writable(shared)?;
+    let victims = order_events(shared, order_id)?;
+    if victims.is_empty() {
+        return Ok(None);
+    }
+    let salt: [u8; SALT_BYTES] = rand::random();
+    let removal = Removal {
+        lsn: next_lsn(shared),
+        at,
+        kind: RemovalKind::Erasure {
+            salt,
+            digest: order_digest(&salt, order_id),
+        },
+        lsns: sorted_lsns(&victims),
+    };
+    let lsn = removal.lsn;
+    let events = victims.len() as u64;
+    commit(shared, removal, victims, opts)?;
+    Ok(Some(ErasureReceipt {
+        order_id: order_id.to_owned(),
+        lsn,
+        erased_at: at,
+        events,
+    }))
+}
+
+/// Removes up to `max` of the events that occurred before `before`, oldest first.
+pub(crate) fn expire(
+    shared: &Shared,
+    before: Timestamp,
+    max: usize,
+    at: Timestamp,
+    opts: &WriteOptions,
+) -> Result<RetentionReport> {
+    writable(shared)?;
+    let max = max.clamp(1, REMOVAL_EVENTS_MAX);
+    let db = &shared.db;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(keys::by_time(TimePos {
+        at: before,
+        lsn: Lsn(0),
+    }));
+    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByTime)?, ro);
+    it.seek_to_first();
+    let log = store::handle(db, Cf::Log)?;
+    let mut victims = Vec::new();
+    while let Some(k) = it.key() {
+        if victims.len() >= max {
+            break;
+        }
+        let pos = keys::decode_by_time(k)?;
+        let v = db
+            .get_pinned_cf(log, keys::log(pos.lsn))?
+            .ok_or_else(|| Error::Corrupt(format!("by_time points to LSN {}, missing", pos.lsn)))?;
+        victims.push(codec::decode_event(&v)?);
+        it.next();
+    }
+    it.status()?;
+    if victims.is_empty() {
+        return Ok(RetentionReport::default());
+    }
+    let removal = Removal {
+        lsn: next_lsn(shared),
+        at,
+        kind: RemovalKind::Retention { before },
+        lsns: sorted_lsns(&victims),
+    };
+    let lsn = removal.lsn;
+    let events = victims.len() as u64;
+    let orders_before = shared.stats.read().expect("stats lock").orders;
+    commit(shared, removal, victims, opts)?;
+    let orders_after = shared.stats.read().expect("stats lock").orders;
+    Ok(RetentionReport {
+        lsn: Some(lsn),
+        events,
+        orders: orders_before - orders_after,
+    })
+}
+
+/// Applies a removal entry received from the primary (replica side). Its events are those it lists
+/// that this store still holds as events; a replica that caught up after the removal holds them as
+/// tombstones already. `epoch` is the primary's epoch that wrote the entry.
+pub(crate) fn apply(
+    shared: &Shared,
+    removal: Removal,
+    epoch: u64,
+    opts: &WriteOptions,
+) -> Result<Lsn> {
+    if shared.read_only.read().expect("mode lock").is_none() {
+        return Err(Error::InvalidArgument(
+            "this node accepts writes (primary); it does not apply replicated entries".into(),
+        ));
+    }
+    let expected = next_lsn(shared);
+    if removal.lsn != expected {
+        return Err(Error::Diverged(format!(
+            "expected LSN {expected}, got {}",
+            removal.lsn
+        )));
+    }
+    let newest = shared
+        .epochs
+        .read()
+        .expect("epochs lock")
+        .last()
+        .map_or(0, |(e, _)| *e);
+    if epoch < newest {
+        return Err(Error::Diverged(format!(
+            "entries of epoch {epoch} arrive after epoch {newest} was recorded"
+        )));
+    }
+    if removal.lsns.len() > REMOVAL_EVENTS_MAX {
+        return Err(Error::Diverged(format!(
+            "a removal of {} events, above the limit of {REMOVAL_EVENTS_MAX}",
+            removal.lsns.len()
+        )));
+    }
+    let db = &shared.db;
+    let log = store::handle(db, Cf::Log)?;
+    let mut victims = Vec::with_capacity(removal.lsns.len());
+    let first = shared.first_lsn.load(Ordering::SeqCst);
+    for lsn in removal.lsns.iter().filter(|l| l.0 >= first) {
+        let entry = match db.get_pinned_cf(log, keys::log(*lsn))? {
+            Some(v) => codec::decode_log_entry(&v)?,
+            None => {
+                return Err(Error::Diverged(format!(
+                    "the removal at LSN {} names LSN {lsn}, which this log does not hold",
+                    removal.lsn
+                )));
+            }
+        };
+        match entry {
+            LogEntry::Event(e) => victims.push(e),
+            LogEntry::Erased { .. } => {}
+            LogEntry::Removal(_) => {
+                return Err(Error::Diverged(format!(
+                    "the removal at LSN {} names LSN {lsn}, which is a removal",
+                    removal.lsn
+                )));
+            }
+        }
+    }
+    let lsn = removal.lsn;
+    let opens_epoch = (epoch > newest).then_some(epoch);
+    commit_with_epoch(shared, removal, victims, opens_epoch, opts)?;
+    Ok(lsn)
+}
+
+fn writable(shared: &Shared) -> Result<()> {
+    match shared.read_only.read().expect("mode lock").clone() {
+        Some(reason) => Err(Error::ReadOnly(reason)),
+        None => Ok(()),
+    }
+}
+
+fn next_lsn(shared: &Shared) -> Lsn {
+    Lsn(shared.stats.read().expect("stats lock").last_lsn.0 + 1)
+}
+
+fn sorted_lsns(victims: &[StoredEvent]) -> Vec<Lsn> {
+    let mut lsns: Vec<Lsn> = victims.iter().map(|e| e.lsn).collect();
+    lsns.sort_unstable();
+    lsns
+}
+
+/// Every event of the order, bounded by `REMOVAL_EVENTS_MAX`.
+fn order_events(shared: &Shared, order_id: &str) -> Result<Vec<StoredEvent>> {
+    let db = &shared.db;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
+    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
+    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
+    it.seek_to_first();
+    let mut out = Vec::new();
+    while let Some(v) = it.value() {
+        if out.len() >= REMOVAL_EVENTS_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "order {order_id:?} holds more than {REMOVAL_EVENTS_MAX} events, the most one \
+                 erasure removes; nothing was erased"
+            )));
+        }
+        out.push(codec::decode_event(v)?);
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+fn commit(
+    shared: &Shared,
+    removal: Removal,
+    victims: Vec<StoredEvent>,
+    opts: &WriteOptions,
+) -> Result<()> {
+    commit_with_epoch(shared, removal, victims, None, opts)
+}
+
+fn commit_with_epoch(
+    shared: &Shared,
+    removal: Removal,
+    victims: Vec<StoredEvent>,
+    opens_epoch: Option<u64>,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let started = Instant::now();
+    let db = &shared.db;
+    let h = |cf| store::handle(db, cf);
+    let mut stats = shared.stats.read().expect("stats lock").clone();
+    let mut batch = WriteBatch::default();
+    let removed: HashSet<Lsn> = victims.iter().map(|e| e.lsn).collect();
+    let mut orders = BTreeSet::new();
+    for e in &victims {
+        let pos = TimePos {
+            at: e.event.occurred_at,
+            lsn: e.lsn,
+        };
+        batch.put_cf(
+            h(Cf::Log)?,
+            keys::log(e.lsn),
+            codec::encode_tombstone(e.lsn, removal.at, removal.lsn),
+        );
+        batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
+        batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
+        batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
+        orders.insert(e.event.order_id.as_str());
+    }
+    stats.events -= victims.len() as u64;
+    restate_orders(
+        shared,
+        orders,
+        |lsn| !removed.contains(&lsn),
+        &mut batch,
+        &mut stats,
+    )?;
+    let lsn = removal.lsn;
+    if let RemovalKind::Erasure { salt, digest } = &removal.kind {
+        let record = ErasureRecord {
+            lsn,
+            erased_at: removal.at,
+            // What the erasure removed on the primary: a replica that caught up afterwards had
+            // only tombstones left to remove.
+            events: removal.lsns.len() as u64,
+            salt: *salt,
+            digest: *digest,
+        };
+        batch.put_cf(
+            h(Cf::Meta)?,
+            keys::meta_erasure(lsn),
+            codec::encode_erasure_record(&record),
+        );
+    }
+    if let Some(epoch) = opens_epoch {
+        batch.put_cf(
+            h(Cf::Meta)?,
+            keys::meta_epoch(epoch),
+            codec::encode_epoch_start(lsn),
+        );
+        if shared.known_epoch.load(Ordering::SeqCst) < epoch {
+            batch.put_cf(h(Cf::Meta)?, keys::META_KNOWN_EPOCH, epoch.to_be_bytes());
+        }
+    }
+    let first = trim_point(shared, &removed, lsn)?;
+    if let Some(first) = first {
+        let old = shared.first_lsn.load(Ordering::SeqCst);
+        batch.delete_range_cf(h(Cf::Log)?, keys::log(Lsn(old)), keys::log(first));
+        batch.put_cf(h(Cf::Meta)?, keys::META_FIRST_LSN, first.0.to_be_bytes());
+    }
+    let entry = codec::encode_log_entry(&LogEntry::Removal(removal));
+    let bytes = entry.len() as u64;
+    batch.put_cf(h(Cf::Log)?, keys::log(lsn), entry);
+    stats.last_lsn = lsn;
+    batch.put_cf(h(Cf::Meta)?, keys::META_STATS, codec::encode_stats(&stats));
+    fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
+        "injected write failure".to_owned()
+    )));
+    db.write_opt(batch, opts)
+        .map_err(|e| Error::Poisoned(format!("removal failed: {e}")))?;
+    *shared.stats.write().expect("stats lock") = stats;
+    if let Some(first) = first {
+        shared.first_lsn.store(first.0, Ordering::SeqCst);
+    }
+    if let Some(epoch) = opens_epoch {
+        shared.known_epoch.fetch_max(epoch, Ordering::SeqCst);
+        shared
+            .epochs
+            .write()
+            .expect("epochs lock")
+            .push((epoch, lsn));
+    }
+    let removed: Vec<Lsn> = victims.iter().map(|e| e.lsn).collect();
+    shared.commits.publish(&CommitInfo {
+        last_lsn: lsn,
+        events: 0,
+        requests: 1,
+        bytes,
+        write_time: started.elapsed(),
+        new_events: &[],
+        removed: &removed,
+    });
+    Ok(())
+}
+
+/// Where the log will start once this removal (at `removal_lsn`, removing `removed`) commits: past
+/// its prefix of tombstones and removal entries, up to the first event that stays, or the removal
+/// itself when nothing stays (the last entry is always kept: it carries the last LSN). None when the
+/// start does not move. Examines at most `TRIM_SCAN_ENTRIES_MAX` entries.
+fn trim_point(shared: &Shared, removed: &HashSet<Lsn>, removal_lsn: Lsn) -> Result<Option<Lsn>> {
+    let db = &shared.db;
+    let first = Lsn(shared.first_lsn.load(Ordering::SeqCst));
+    let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
+    it.seek(keys::log(first));
+    let mut cut = removal_lsn;
+    let mut scanned = 0;
+    while let Some((k, v)) = it.item() {
+        let lsn = keys::decode_log(k)?;
+        let gone = removed.contains(&lsn) || !codec::is_event(v)?;
+        if !gone || scanned >= TRIM_SCAN_ENTRIES_MAX {
+            cut = lsn;
+            break;
+        }
+        scanned += 1;
+        it.next();
+    }
+    it.status()?;
+    Ok((cut > first).then_some(cut))
+}
+
+/// Recomputes the states of `orders` from the events `keep` accepts, into `batch` and `stats`:
+/// status index moves, counts by status, and deletion of orders left with no event.
+pub(crate) fn restate_orders<'a>(
+    shared: &Shared,
+    orders: impl IntoIterator<Item = &'a str>,
+    keep: impl Fn(Lsn) -> bool,
+    batch: &mut WriteBatch,
+    stats: &mut Stats,
+) -> Result<()> {
+    let db = &shared.db;
+    let h = |cf| store::handle(db, cf);
+    for order_id in orders {
+        let before = match db.get_pinned_cf(h(Cf::Orders)?, order_id.as_bytes())? {
+            Some(v) => Some(codec::decode_state(&v)?),
+            None => None,
+        };
+        let after = recompute(shared, order_id, &keep)?;
+        let old_status = before.as_ref().map(|s| s.status.value);
+        let new_status = after.as_ref().map(|s| s.status.value);
+        if old_status != new_status {
+            if let Some(old) = old_status {
+                *stats.orders_in_mut(old) -= 1;
+                batch.delete_cf(h(Cf::StatusIndex)?, keys::status_index(old, order_id));
+            }
+            if let Some(new) = new_status {
+                *stats.orders_in_mut(new) += 1;
+                batch.put_cf(h(Cf::StatusIndex)?, keys::status_index(new, order_id), []);
+            }
+        }
+        match &after {
+            Some(state) => batch.put_cf(
+                h(Cf::Orders)?,
+                order_id.as_bytes(),
+                codec::encode_state(state),
+            ),
+            None => {
+                if before.is_some() {
+                    stats.orders -= 1;
+                }
+                batch.delete_cf(h(Cf::Orders)?, order_id.as_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The order's state from its events that `keep` accepts, folded in LSN order; None if none remains.
+fn recompute(
+    shared: &Shared,
+    order_id: &str,
+    keep: &impl Fn(Lsn) -> bool,
+) -> Result<Option<OrderState>> {
+    let db = &shared.db;
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
+    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
+    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
+    it.seek_to_first();
+    let mut events = Vec::new();
+    while let Some(v) = it.value() {
+        let e = codec::decode_event(v)?;
+        if keep(e.lsn) {
+            events.push(e);
+        }
+        it.next();
+    }
+    it.status()?;
+    events.sort_by_key(|e| e.lsn);
+    let mut events = events.into_iter();
+    let Some(first) = events.next() else {
+        return Ok(None);
+    };
+    let mut state = OrderState::new(&first);
+    for e in events {
+        state.apply(&e);
+    }
+    Ok(Some(state))
+}
