@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Tombstone (in `log`, kind 2): u8 format = 1, u8 kind = 2, u64 lsn, i64 removed at, u64 LSN of the
-//! removal.
+//! removal, u64 digest of the removed event (`LogEntry::anchor_digest`).
 //!
 //! Removal (in `log`, kind 3): u8 format = 1, u8 kind = 3, u64 lsn, i64 at, u8 removal kind, then for
 //! an erasure (1) 16 bytes salt ‖ 32 bytes digest, for retention (2) i64 before; then u32 count ‖
@@ -278,7 +278,12 @@ pub fn decode_event(bytes: &[u8]) -> Result<StoredEvent, ValueError> {
 pub fn encode_log_entry(entry: &LogEntry) -> Vec<u8> {
     match entry {
         LogEntry::Event(e) => encode_event(e),
-        LogEntry::Erased { lsn, at, by } => encode_tombstone(*lsn, *at, *by),
+        LogEntry::Erased {
+            lsn,
+            at,
+            by,
+            event_digest,
+        } => encode_tombstone(*lsn, *at, *by, *event_digest),
         LogEntry::Removal(r) => {
             let mut w = Writer(Vec::with_capacity(64 + 8 * r.lsns.len()));
             w.u8(FORMAT_V1);
@@ -306,13 +311,14 @@ pub fn encode_log_entry(entry: &LogEntry) -> Vec<u8> {
     }
 }
 
-pub fn encode_tombstone(lsn: Lsn, at: Timestamp, by: Lsn) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(26));
+pub fn encode_tombstone(lsn: Lsn, at: Timestamp, by: Lsn, event_digest: u64) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(34));
     w.u8(FORMAT_V1);
     w.u8(KIND_ERASED);
     w.u64(lsn.0);
     w.i64(at.as_millis());
     w.u64(by.0);
+    w.u64(event_digest);
     w.0
 }
 
@@ -338,7 +344,13 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, ValueError> {
             let lsn = Lsn(r.u64()?);
             let at = r.time()?;
             let by = Lsn(r.u64()?);
-            r.finish(LogEntry::Erased { lsn, at, by })
+            let event_digest = r.u64()?;
+            r.finish(LogEntry::Erased {
+                lsn,
+                at,
+                by,
+                event_digest,
+            })
         }
         KIND_REMOVAL => {
             let lsn = Lsn(r.u64()?);
@@ -692,7 +704,7 @@ mod tests {
             prop_assert_eq!(event_lsn(&bytes), Ok(Lsn(lsn)));
             prop_assert_eq!(decode_log_entry(&bytes), Ok(removal));
             prop_assert!(decode_event(&bytes).is_err(), "a removal is not an event");
-            let tomb = LogEntry::Erased { lsn: Lsn(lsn - 1), at, by: Lsn(lsn) };
+            let tomb = LogEntry::Erased { lsn: Lsn(lsn - 1), at, by: Lsn(lsn), event_digest: lsn ^ 0x5a5a };
             prop_assert_eq!(decode_log_entry(&encode_log_entry(&tomb)), Ok(tomb));
         }
 

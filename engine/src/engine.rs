@@ -94,6 +94,12 @@ pub(crate) struct Shared {
     pub(crate) known_epoch: AtomicU64,
     /// The oldest LSN the log holds (durable in `meta`; 1 until a removal trimmed the log's prefix).
     pub(crate) first_lsn: AtomicU64,
+    /// (first LSN - 1, its anchor digest) once the prefix was dropped.
+    pub(crate) trim_anchor: RwLock<Option<(Lsn, u64)>>,
+    /// The newest removal not purged yet (0: none); see `Engine::purge_pending`.
+    pub(crate) purge_pending: AtomicU64,
+    /// Orders a removal's commit and a purge clearing `purge_pending`.
+    pub(crate) purge_lock: Mutex<()>,
 }
 
 /// An open store. Reads may be called from any number of threads; writes are queued to one writer
@@ -177,6 +183,21 @@ impl Engine {
             ),
             None => 1,
         };
+        let meta_u64 = |key: &[u8]| -> Result<Option<u64>> {
+            match db.get_pinned_cf(meta, key)? {
+                Some(v) => Ok(Some(u64::from_be_bytes((*v).try_into().map_err(|_| {
+                    Error::Corrupt(format!(
+                        "meta {:?} is not 8 bytes",
+                        String::from_utf8_lossy(key)
+                    ))
+                })?))),
+                None => Ok(None),
+            }
+        };
+        let trim_anchor = meta_u64(keys::META_TRIM_ANCHOR)?
+            .filter(|_| first_lsn > 1)
+            .map(|d| (Lsn(first_lsn - 1), d));
+        let purge_pending = meta_u64(keys::META_PURGE_PENDING)?.unwrap_or(0);
         let known_epoch = match db.get_pinned_cf(meta, keys::META_KNOWN_EPOCH)? {
             Some(v) => u64::from_be_bytes(
                 (*v).try_into()
@@ -206,6 +227,9 @@ impl Engine {
             read_only: RwLock::new(read_only),
             known_epoch: AtomicU64::new(known_epoch),
             first_lsn: AtomicU64::new(first_lsn),
+            trim_anchor: RwLock::new(trim_anchor),
+            purge_pending: AtomicU64::new(purge_pending),
+            purge_lock: Mutex::new(()),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();
@@ -390,11 +414,14 @@ impl Engine {
     /// rewrites the whole store; run it after erasures, not per request.
     pub fn purge(&self) -> Result<()> {
         let db = &self.shared.db;
+        let pending = self.shared.purge_pending.load(Ordering::SeqCst);
         let handles = Cf::ALL
             .iter()
             .map(|cf| store::handle(db, *cf))
             .collect::<Result<Vec<_>>>()?;
         self.flush()?;
+        let before: std::collections::HashSet<String> =
+            db.live_files()?.into_iter().map(|f| f.name).collect();
         let mut flush = rocksdb::FlushOptions::default();
         flush.set_wait(true);
         let mut compact = rocksdb::CompactOptions::default();
@@ -402,6 +429,21 @@ impl Engine {
         compact.set_exclusive_manual_compaction(false);
         for h in &handles {
             db.compact_range_cf_opt(*h, None::<&[u8]>, None::<&[u8]>, &compact);
+        }
+        // A manual compaction reports no failure: check that every file from before it is gone.
+        let survivors: Vec<String> = db
+            .live_files()?
+            .into_iter()
+            .map(|f| f.name)
+            .filter(|n| before.contains(n))
+            .collect();
+        if !survivors.is_empty() {
+            return Err(Error::Purge(format!(
+                "{} SST files were not rewritten by the compaction (e.g. {}); the removed data may \
+                 still be on disk. Check the RocksDB LOG for a failed compaction (disk full?)",
+                survivors.len(),
+                survivors[0]
+            )));
         }
         // Each flush is a MANIFEST write; past `MANIFEST_BYTES_MAX` the next one starts a new MANIFEST
         // holding only the live files (those written by the compaction above).
@@ -411,13 +453,49 @@ impl Engine {
             db.put_cf(meta, keys::META_PURGE, [])?;
             db.flush_cf_opt(meta, &flush)?;
             if store::current_manifest(&db_path(&self.data_dir))? != manifest {
+                // Done: the purge owed up to `pending` is paid, unless a removal came since.
+                let _guard = self.shared.purge_lock.lock().expect("purge lock");
+                if pending != 0 && self.shared.purge_pending.load(Ordering::SeqCst) == pending {
+                    let mut sync = rocksdb::WriteOptions::default();
+                    sync.set_sync(true);
+                    let mut batch = rocksdb::WriteBatch::default();
+                    batch.delete_cf(meta, keys::META_PURGE_PENDING);
+                    db.write_opt(batch, &sync)?;
+                    self.shared.purge_pending.store(0, Ordering::SeqCst);
+                }
                 return Ok(());
             }
         }
-        Err(Error::Corrupt(format!(
+        Err(Error::Purge(format!(
             "the MANIFEST did not roll over after {} flushes",
             store::PURGE_FLUSHES_MAX
         )))
+    }
+
+    /// The LSN of the newest erasure or retention step whose bytes may still be on disk (a purge is
+    /// owed); None after a purge that came after every removal. Durable across restarts.
+    pub fn purge_pending(&self) -> Option<Lsn> {
+        match self.shared.purge_pending.load(Ordering::SeqCst) {
+            0 => None,
+            l => Some(Lsn(l)),
+        }
+    }
+
+    /// The digest replication compares for the entry at `lsn` (`LogEntry::anchor_digest`): from the
+    /// log, or for the entry just before the log's first LSN, as recorded when the prefix was
+    /// dropped. None when this node cannot tell (older, or beyond the log).
+    pub fn anchor_digest(&self, lsn: Lsn) -> Result<Option<u64>> {
+        if let Some((at, digest)) = *self.shared.trim_anchor.read().expect("anchor lock")
+            && at == lsn
+            && lsn.0 + 1 == self.first_lsn().0
+        {
+            return Ok(Some(digest));
+        }
+        Ok(self
+            .read_log(lsn, 1)?
+            .into_iter()
+            .find(|e| e.lsn() == lsn)
+            .map(|e| e.anchor_digest()))
     }
 
     /// Refuses client appends from now on (a replica, or a primary stopping for a switchover), with

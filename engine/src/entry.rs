@@ -15,11 +15,14 @@ use crate::time::Timestamp;
 #[derive(Clone, Debug, PartialEq)]
 pub enum LogEntry {
     Event(StoredEvent),
-    /// An event removed by the removal at `by`; the LSN stays taken.
+    /// An event removed by the removal at `by`; the LSN stays taken. `event_digest` is the removed
+    /// event's [`LogEntry::anchor_digest`], so that a node still holding the event and one holding
+    /// the tombstone agree on the entry when replication checks where two logs meet.
     Erased {
         lsn: Lsn,
         at: Timestamp,
         by: Lsn,
+        event_digest: u64,
     },
     Removal(Removal),
 }
@@ -39,6 +42,16 @@ impl LogEntry {
             LogEntry::Event(e) => e.received_at,
             LogEntry::Erased { at, .. } => *at,
             LogEntry::Removal(r) => r.at,
+        }
+    }
+
+    /// The digest replication compares where two logs meet (the entry before the first one sent):
+    /// the first 8 bytes of the SHA-256 of the entry's encoding, and for a tombstone the digest of
+    /// the event it replaced (an erasure does not make a log diverge from a copy taken before it).
+    pub fn anchor_digest(&self) -> u64 {
+        match self {
+            LogEntry::Erased { event_digest, .. } => *event_digest,
+            other => bytes_digest(&crate::codec::encode_log_entry(other)),
         }
     }
 
@@ -80,6 +93,12 @@ pub enum RemovalKind {
 }
 
 pub const SALT_BYTES: usize = 16;
+
+/// The first 8 bytes of the SHA-256 of `bytes`.
+pub fn bytes_digest(bytes: &[u8]) -> u64 {
+    let d = Sha256::digest(bytes);
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
 
 /// `SHA-256(salt ‖ order_id)`: names an erased order without storing its id.
 pub fn order_digest(salt: &[u8; SALT_BYTES], order_id: &str) -> [u8; 32] {

@@ -50,6 +50,9 @@ pub enum Error {
     /// epoch. Nothing was written.
     #[error("writes are refused: {0}")]
     ReadOnly(String),
+    /// A purge did not complete: removed data may still be on disk. The store itself is intact.
+    #[error("purge failed: {0}")]
+    Purge(String),
     /// The engine was closed while the request waited.
     #[error("the engine is closed")]
     Closed,

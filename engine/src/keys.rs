@@ -171,6 +171,10 @@ pub const META_FORMAT: &[u8] = b"format";
 pub const META_KNOWN_EPOCH: &[u8] = b"known_epoch";
 /// The oldest LSN the log holds (u64be); absent: 1.
 pub const META_FIRST_LSN: &[u8] = b"first_lsn";
+/// The anchor digest (u64be) of the entry just before `first_lsn`, dropped with the prefix.
+pub const META_TRIM_ANCHOR: &[u8] = b"trim_anchor";
+/// The LSN (u64be) of the newest removal not yet purged from disk; absent: nothing to purge.
+pub const META_PURGE_PENDING: &[u8] = b"purge_pending";
 /// Rewritten by `purge` to make MANIFEST writes; its value is empty.
 pub const META_PURGE: &[u8] = b"purge";
 const META_EPOCH_PREFIX: &[u8] = b"epoch/";

@@ -234,13 +234,18 @@ impl GroupPlan {
                             self.add_new(lookup, e, &mut undo)
                         }
                     }
-                    LogEntry::Erased { lsn, at, by } => {
+                    LogEntry::Erased {
+                        lsn,
+                        at,
+                        by,
+                        event_digest,
+                    } => {
                         // An event removed on the primary before this replica received it: the
                         // LSN is taken, nothing else is stored.
                         self.ops.push(Op::Put(
                             Cf::Log,
                             keys::log(lsn).to_vec(),
-                            codec::encode_tombstone(lsn, at, by),
+                            codec::encode_tombstone(lsn, at, by, event_digest),
                         ));
                         self.stats.last_lsn = lsn;
                         self.next_lsn = Lsn(lsn.0 + 1);

@@ -169,7 +169,22 @@ pub(crate) fn apply(
             }
         };
         match entry {
-            LogEntry::Event(e) => victims.push(e),
+            LogEntry::Event(e) => {
+                // The entry says what it removes: a victim that does not fit means the logs differ.
+                let fits = match &removal.kind {
+                    RemovalKind::Erasure { salt, digest } => {
+                        order_digest(salt, &e.event.order_id) == *digest
+                    }
+                    RemovalKind::Retention { before } => e.event.occurred_at < *before,
+                };
+                if !fits {
+                    return Err(Error::Diverged(format!(
+                        "the removal at LSN {} names LSN {lsn}, whose event it does not match",
+                        removal.lsn
+                    )));
+                }
+                victims.push(e);
+            }
             LogEntry::Erased { .. } => {}
             LogEntry::Removal(_) => {
                 return Err(Error::Diverged(format!(
@@ -256,7 +271,12 @@ fn commit_with_epoch(
         batch.put_cf(
             h(Cf::Log)?,
             keys::log(e.lsn),
-            codec::encode_tombstone(e.lsn, removal.at, removal.lsn),
+            codec::encode_tombstone(
+                e.lsn,
+                removal.at,
+                removal.lsn,
+                LogEntry::Event(e.clone()).anchor_digest(),
+            ),
         );
         batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
         batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
@@ -299,11 +319,16 @@ fn commit_with_epoch(
         }
     }
     let first = trim_point(shared, &removed, lsn)?;
-    if let Some(first) = first {
+    if let Some((first, anchor)) = first {
         let old = shared.first_lsn.load(Ordering::SeqCst);
         batch.delete_range_cf(h(Cf::Log)?, keys::log(Lsn(old)), keys::log(first));
         batch.put_cf(h(Cf::Meta)?, keys::META_FIRST_LSN, first.0.to_be_bytes());
+        // Replication still checks the entry before the first one it sends.
+        batch.put_cf(h(Cf::Meta)?, keys::META_TRIM_ANCHOR, anchor.to_be_bytes());
     }
+    // Until a purge, the removed bytes may still be in SST files and the WAL (durable, so that a
+    // restart does not forget the purge owed).
+    batch.put_cf(h(Cf::Meta)?, keys::META_PURGE_PENDING, lsn.0.to_be_bytes());
     let entry = codec::encode_log_entry(&LogEntry::Removal(removal));
     let bytes = entry.len() as u64;
     batch.put_cf(h(Cf::Log)?, keys::log(lsn), entry);
@@ -312,12 +337,15 @@ fn commit_with_epoch(
     fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
         "injected write failure".to_owned()
     )));
+    let _purge = shared.purge_lock.lock().expect("purge lock");
     db.write_opt(batch, opts)
         .map_err(|e| Error::Poisoned(format!("removal failed: {e}")))?;
     *shared.stats.write().expect("stats lock") = stats;
-    if let Some(first) = first {
+    if let Some((first, anchor)) = first {
+        *shared.trim_anchor.write().expect("anchor lock") = Some((Lsn(first.0 - 1), anchor));
         shared.first_lsn.store(first.0, Ordering::SeqCst);
     }
+    shared.purge_pending.store(lsn.0, Ordering::SeqCst);
     if let Some(epoch) = opens_epoch {
         shared.known_epoch.fetch_max(epoch, Ordering::SeqCst);
         shared
@@ -341,14 +369,21 @@ fn commit_with_epoch(
 
 /// Where the log will start once this removal (at `removal_lsn`, removing `removed`) commits: past
 /// its prefix of tombstones and removal entries, up to the first event that stays, or the removal
-/// itself when nothing stays (the last entry is always kept: it carries the last LSN). None when the
-/// start does not move. Examines at most `TRIM_SCAN_ENTRIES_MAX` entries.
-fn trim_point(shared: &Shared, removed: &HashSet<Lsn>, removal_lsn: Lsn) -> Result<Option<Lsn>> {
+/// itself when nothing stays (the last entry is always kept: it carries the last LSN). Returns the
+/// new first LSN and the anchor digest of the entry just before it (as it will be once this
+/// removal commits), or None when the start does not move. Examines at most
+/// `TRIM_SCAN_ENTRIES_MAX` entries.
+fn trim_point(
+    shared: &Shared,
+    removed: &HashSet<Lsn>,
+    removal_lsn: Lsn,
+) -> Result<Option<(Lsn, u64)>> {
     let db = &shared.db;
     let first = Lsn(shared.first_lsn.load(Ordering::SeqCst));
     let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
     it.seek(keys::log(first));
     let mut cut = removal_lsn;
+    let mut anchor = None;
     let mut scanned = 0;
     while let Some((k, v)) = it.item() {
         let lsn = keys::decode_log(k)?;
@@ -357,11 +392,16 @@ fn trim_point(shared: &Shared, removed: &HashSet<Lsn>, removal_lsn: Lsn) -> Resu
             cut = lsn;
             break;
         }
+        // An event removed now becomes a tombstone holding its digest: the same anchor.
+        anchor = Some(codec::decode_log_entry(v)?.anchor_digest());
         scanned += 1;
         it.next();
     }
     it.status()?;
-    Ok((cut > first).then_some(cut))
+    Ok(match anchor {
+        Some(a) if cut > first => Some((cut, a)),
+        _ => None,
+    })
 }
 
 /// Recomputes the states of `orders` from the events `keep` accepts, into `batch` and `stats`:

@@ -35,12 +35,20 @@ pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u6
     let h = |cf| store::handle(db, cf);
     let mut batch = WriteBatch::default();
     let mut orders = BTreeSet::new();
+    // Every log entry after `after` goes, tombstones included (a tombstone whose removal has not
+    // arrived yet can sit in a tail).
+    if after < stats.last_lsn {
+        batch.delete_range_cf(
+            h(Cf::Log)?,
+            keys::log(Lsn(after.0 + 1)),
+            keys::log(Lsn(stats.last_lsn.0 + 1)),
+        );
+    }
     for e in &removed {
         let pos = TimePos {
             at: e.event.occurred_at,
             lsn: e.lsn,
         };
-        batch.delete_cf(h(Cf::Log)?, keys::log(e.lsn));
         batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
         batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
         batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
@@ -82,7 +90,7 @@ fn tail(shared: &Shared, after: Lsn) -> Result<Vec<StoredEvent>> {
         }
         match codec::decode_log_entry(v)? {
             LogEntry::Event(e) => out.push(e),
-            // Only a removal in the same tail makes tombstones there; refused below.
+            // A tombstone holds nothing else to undo; its log entry goes with the range.
             LogEntry::Erased { .. } => {}
             LogEntry::Removal(r) => {
                 return Err(Error::InvalidArgument(format!(

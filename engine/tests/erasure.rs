@@ -207,7 +207,7 @@ fn an_erased_order_is_gone_from_every_query() {
         );
         assert_eq!(log[0].as_event().map(|e| &e.event), Some(&other));
         match &log[1] {
-            LogEntry::Erased { lsn, at, by } => {
+            LogEntry::Erased { lsn, at, by, .. } => {
                 assert_eq!((*lsn, *at, *by), (late_lsn, receipt.erased_at, receipt.lsn));
             }
             other => panic!("expected a tombstone, got {other:?}"),

@@ -114,17 +114,6 @@ impl PrimaryState {
     }
 }
 
-/// The first LSN a replica can be served from: a session that starts at LSN N sends the digest of
-/// entry N - 1 (the divergence check), so once removals dropped the log's prefix, the oldest entry
-/// held only anchors the next one.
-fn servable_from(first_held: Lsn) -> Lsn {
-    if first_held.0 <= 1 {
-        Lsn(1)
-    } else {
-        Lsn(first_held.0 + 1)
-    }
-}
-
 /// A view of the engine's log for `session`.
 pub fn log_view(engine: &Engine) -> LogView {
     let history = EpochHistory::new(engine.epoch_history()).unwrap_or_default();
@@ -132,7 +121,9 @@ pub fn log_view(engine: &Engine) -> LogView {
         epoch: history.current(),
         known_epoch: engine.known_epoch(),
         history,
-        first_lsn: servable_from(engine.first_lsn()),
+        // The entry before the first one is gone with the dropped prefix, but its digest (for the
+        // divergence check) is kept: a replica can be served from the first LSN held.
+        first_lsn: engine.first_lsn(),
         last_lsn: engine.last_lsn(),
     }
 }
@@ -297,12 +288,12 @@ async fn session(
     };
     let prev_digest = if start_from.0 > 1 {
         let (e, at) = (engine.clone(), Lsn(start_from.0 - 1));
-        let entry = tokio::task::spawn_blocking(move || e.read_log(at, 1))
+        let digest = tokio::task::spawn_blocking(move || e.anchor_digest(at))
             .await
             .map_err(|e| ReplError::Protocol(e.to_string()))??;
-        match entry.first() {
-            Some(ev) if ev.lsn() == at => session::entry_digest(&codec::encode_log_entry(ev)),
-            _ => {
+        match digest {
+            Some(d) => d,
+            None => {
                 return Err(ReplError::Protocol(format!(
                     "LSN {at} is not in this primary's log"
                 )));

@@ -303,12 +303,11 @@ async fn session(
             if start_from > 1 {
                 // Both logs claim the same entry at start_from - 1 (same epoch there): check it.
                 let (e, at) = (engine.clone(), Lsn(start_from - 1));
-                let ours = tokio::task::spawn_blocking(move || e.read_log(at, 1))
+                let ours = tokio::task::spawn_blocking(move || e.anchor_digest(at))
                     .await
                     .map_err(|e| ReplError::Protocol(e.to_string()))??;
-                if let Some(ev) = ours.first().filter(|ev| ev.lsn() == Lsn(start_from - 1))
-                    && crate::session::entry_digest(&codec::encode_log_entry(ev)) != prev_digest
-                {
+                // A tombstone keeps its event's digest: an erasure on one side is no divergence.
+                if ours.is_some_and(|d| d != prev_digest) {
                     let msg = format!(
                         "this log and the primary's differ at LSN {} although their epoch \
                          histories agree there: two primaries used the same epoch number. This \
@@ -338,10 +337,14 @@ async fn session(
                 .map_err(|e| ReplError::Protocol(e.to_string()))??;
             if let Some(keep) = plan.truncate_after {
                 let (e, dir) = (engine.clone(), options.quarantine_dir.clone());
-                let (file, removed) =
+                let outcome =
                     tokio::task::spawn_blocking(move || quarantine_and_truncate(&e, keep, &dir))
                         .await
-                        .map_err(|e| ReplError::Protocol(e.to_string()))??;
+                        .map_err(|e| ReplError::Protocol(e.to_string()))?;
+                if let Err(ReplError::Unrejoinable(msg)) = &outcome {
+                    status.lock().expect("status lock").refused = Some(msg.clone());
+                }
+                let (file, removed) = outcome?;
                 tracing::warn!(removed, file = %file.display(), after = keep.0,
                     "divergent tail moved to quarantine and truncated (re-ingest it with `trackctl quarantine reingest`)");
                 let mut s = status.lock().expect("status lock");
@@ -592,6 +595,24 @@ pub fn quarantine_and_truncate(
     dir: &Path,
 ) -> Result<(PathBuf, u64), ReplError> {
     let q = |e: std::io::Error| ReplError::Quarantine(format!("{}: {e}", dir.display()));
+    // First make sure the tail can be truncated at all, so that a refusal writes no file (a tail
+    // holding a removal would otherwise leave a file of personal data on every retry).
+    let mut from = Lsn(keep.0 + 1);
+    loop {
+        let page = engine.read_log(from, 10_000)?;
+        let Some(tail) = page.last() else { break };
+        from = Lsn(tail.lsn().0 + 1);
+        if let Some(LogEntry::Removal(r)) = page.iter().find(|e| matches!(e, LogEntry::Removal(_)))
+        {
+            return Err(ReplError::Unrejoinable(format!(
+                "this node's divergent tail (after LSN {keep}) holds an erasure or retention entry \
+                 at LSN {}, and removed data cannot be brought back to truncate it. Stop this node, \
+                 move its data directory aside and start it again to rebuild it from the primary \
+                 (repeat the erasure on the primary if it is missing there)",
+                r.lsn
+            )));
+        }
+    }
     std::fs::create_dir_all(dir).map_err(q)?;
     let last = engine.last_lsn();
     let path = dir.join(format!(

@@ -326,14 +326,6 @@ impl Follower {
     }
 }
 
-/// The digest of one stored log entry (its engine encoding), for the divergence-point check of
-/// `Welcome`: the first 8 bytes of its SHA-256.
-pub fn entry_digest(encoded: &[u8]) -> u64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(encoded);
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

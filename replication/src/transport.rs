@@ -39,6 +39,10 @@ pub enum ReplError {
     Engine(#[from] trackstore_engine::Error),
     #[error("quarantine file: {0}")]
     Quarantine(String),
+    /// The divergent tail cannot be truncated (it holds an erasure or retention entry): the node
+    /// must be rebuilt; retrying cannot help.
+    #[error("{0}")]
+    Unrejoinable(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
 }

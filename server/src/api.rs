@@ -185,12 +185,14 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
         }
     };
     // A purge rewrites the whole store and may take minutes: it is single-flight and admin-only, so
-    // it is exempt from the request timeout rather than cut off while it keeps running.
-    let timeout = if route == "/v1/admin/purge" {
-        Duration::MAX
-    } else {
-        app.limits.request_timeout
-    };
+    // it is exempt from the request timeout rather than cut off while it keeps running. An erasure
+    // is exempt too: once queued it commits, and its answer carries the only receipt.
+    let timeout =
+        if route == "/v1/admin/purge" || (route == "/v1/orders/{order_id}" && method == "DELETE") {
+            Duration::MAX
+        } else {
+            app.limits.request_timeout
+        };
     let resp = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {

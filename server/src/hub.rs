@@ -66,7 +66,9 @@ impl Hub {
         self.head.subscribe()
     }
 
-    /// Up to `max` events from LSN `from` on, if the ring still holds `from`.
+    /// Up to `max` events from LSN `from` on, if the ring still covers `from`. Within one commit the
+    /// ring's LSNs can skip tombstones (a replica applying a catch-up batch): `from` is found by
+    /// search, not by offset.
     pub fn from_ring(&self, from: u64, max: usize) -> Option<Vec<Arc<StoredEvent>>> {
         let ring = self.ring.lock().expect("ring lock");
         let front = ring.front()?.lsn.0;
@@ -74,7 +76,7 @@ impl Hub {
         if from < front || from > back {
             return None;
         }
-        let start = (from - front) as usize;
+        let start = ring.partition_point(|e| e.lsn.0 < from);
         Some(ring.range(start..).take(max).cloned().collect())
     }
 
@@ -200,6 +202,32 @@ mod tests {
         commit(&hub, &[stored(6, "o", Status::Picked)]);
         assert!(hub.from_ring(2, 10).is_none(), "a gap clears the ring");
         assert_eq!(hub.from_ring(6, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_commit_with_tombstones_between_its_events_is_searched_not_indexed() {
+        // A replica applying a catch-up batch: LSN 3 is a tombstone, so the commit's events are
+        // 2, 4 and 5.
+        let hub = Arc::new(Hub::new(Lsn(1)));
+        let _g = hub.subscribe(1).unwrap();
+        commit(
+            &hub,
+            &[
+                stored(2, "o", Status::Created),
+                stored(4, "o", Status::Picked),
+                stored(5, "o", Status::Delivered),
+            ],
+        );
+        let lsns = |from| {
+            hub.from_ring(from, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.lsn.0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lsns(3), [4, 5], "the tombstone's LSN is passed over");
+        assert_eq!(lsns(4), [4, 5], "LSN 4 is not lost");
+        assert_eq!(lsns(5), [5]);
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! Retention runs in steps of at most `retention_step_events` events, each one short write on the
 //! engine's writer thread, with a pause between steps, so ingest keeps its throughput while a large
 //! backlog expires. The purge rewrites the whole store (see `Engine::purge`), so it runs at most once
-//! at a time, on demand (`POST /v1/admin/purge`) or every `purge_interval` when something was removed
-//! since the last one.
+//! at a time, on demand (`POST /v1/admin/purge`) or every `purge_interval` while the engine says a
+//! purge is owed (`Engine::purge_pending`, durable: a restart, a failed purge or a store received as
+//! a snapshot still owes it).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -36,8 +37,6 @@ pub struct Maintenance {
     config: MaintenanceConfig,
     /// True while a purge runs (owned by its blocking task, see `purge`).
     purging: Arc<AtomicBool>,
-    /// Events removed (erasure or retention, here or replicated) since the last purge began.
-    removed_since_purge: Arc<AtomicU64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +55,11 @@ impl Maintenance {
         metrics: Arc<Metrics>,
         config: MaintenanceConfig,
     ) -> Maintenance {
-        let removed_since_purge = Arc::new(AtomicU64::new(0));
-        {
-            let removed = removed_since_purge.clone();
-            engine.on_commit(move |info| {
-                if !info.removed.is_empty() {
-                    removed.fetch_add(info.removed.len() as u64, Ordering::Relaxed);
-                }
-            });
-        }
         Maintenance {
             engine,
             metrics,
             config,
             purging: Arc::default(),
-            removed_since_purge,
         }
     }
 
@@ -82,7 +71,6 @@ impl Maintenance {
             return Err(PurgeError::Running);
         }
         let running = PurgeRunning(self.purging.clone());
-        self.removed_since_purge.store(0, Ordering::Relaxed);
         let (engine, metrics) = (self.engine.clone(), self.metrics.clone());
         let task = tokio::task::spawn_blocking(move || {
             let _running = running;
@@ -171,7 +159,7 @@ impl Maintenance {
             }
             if let Some(every) = self.config.purge_interval
                 && last_purge.elapsed() >= every
-                && self.removed_since_purge.load(Ordering::Relaxed) > 0
+                && self.engine.purge_pending().is_some()
             {
                 last_purge = Instant::now();
                 let _ = self.purge().await;
