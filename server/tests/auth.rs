@@ -448,14 +448,23 @@ async fn every_route_class_answers_401_403_and_200() {
     let r = call(&mut c, "PUT", "/v1/stats", Some("loader")).await;
     r.expect_problem(405, "method-not-allowed", "PUT /v1/stats");
 
-    // Admin passes the check for DELETE /v1/orders/{id} (405 until erasure exists).
+    // Admin passes the check for the data-protection routes: the erasure runs (o-1 was ingested
+    // above), then finds nothing the second time; a purge runs.
     let r = call(&mut c, "DELETE", "/v1/orders/o-1", Some("ops")).await;
-    assert!(
-        ![401, 403].contains(&r.status.as_u16()),
-        "erasure as ops: {} {}",
-        r.status,
-        r.text()
-    );
+    assert_eq!(r.expect_json(200, "erasure as ops")["order_id"], "o-1");
+    let r = call(&mut c, "DELETE", "/v1/orders/o-1", Some("ops")).await;
+    r.expect_problem(404, "not-found", "a second erasure as ops");
+    let r = call(&mut c, "POST", "/v1/admin/purge", Some("ops")).await;
+    r.expect_json(200, "purge as ops");
+    let r = call(&mut c, "GET", "/v1/admin/erasures/1", Some("ops")).await;
+    r.expect_problem(404, "not-found", "no erasure at LSN 1");
+    for (method, path) in [("POST", "/v1/admin/purge"), ("GET", "/v1/admin/erasures/1")] {
+        expect_401(&call(&mut c, method, path, None).await, path);
+        f.missing += 1;
+        let r = call(&mut c, method, path, Some("reader")).await;
+        r.expect_problem(403, "forbidden", path);
+        f.scope += 1;
+    }
 
     let metrics = call(&mut c, "GET", "/metrics", None).await.text();
     check_failure_counters(&metrics, &f);
