@@ -56,3 +56,6 @@ pub const REMOVAL_EVENTS_MAX: usize = 100_000;
 /// Log entries one removal examines to drop the log's prefix of tombstones and removal entries; a
 /// longer prefix is dropped over the following removals.
 pub const TRIM_SCAN_ENTRIES_MAX: usize = 200_000;
+
+/// Erasures committed together in one write (they queue between groups of appends).
+pub const ERASURES_PER_BATCH_MAX: usize = 256;

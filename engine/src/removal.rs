@@ -29,38 +29,61 @@ use crate::state::{OrderState, Stats};
 use crate::store::{self, Cf};
 use crate::time::Timestamp;
 
-/// Erases every event of `order_id`. None when the store holds no event of the order (nothing is
-/// written then).
-pub(crate) fn erase(
+/// Erases several orders in one durable batch (one fsync): each one found gets its own erasure
+/// entry, at consecutive LSNs in the given order. An order named twice is erased once; the later
+/// request finds nothing (None), like an erasure that came after it. An order that cannot be erased
+/// (too many events, a read error) gets its own error and the others go ahead; an error of the
+/// batch's write (or a read-only node) is the outer error.
+pub(crate) fn erase_many(
     shared: &Shared,
-    order_id: &str,
+    order_ids: &[String],
     at: Timestamp,
     opts: &WriteOptions,
-) -> Result<Option<ErasureReceipt>> {
+) -> Result<Vec<Result<Option<ErasureReceipt>>>> {
     writable(shared)?;
-    let victims = order_events(shared, order_id)?;
-    if victims.is_empty() {
-        return Ok(None);
+    let mut next = next_lsn(shared);
+    let mut seen = HashSet::new();
+    let mut removals = Vec::new();
+    let mut receipts = Vec::with_capacity(order_ids.len());
+    for order_id in order_ids {
+        let victims = if seen.insert(order_id.as_str()) {
+            match order_events(shared, order_id) {
+                Ok(v) => v,
+                Err(e) => {
+                    receipts.push(Err(e));
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        if victims.is_empty() {
+            receipts.push(Ok(None));
+            continue;
+        }
+        let salt: [u8; SALT_BYTES] = rand::random();
+        receipts.push(Ok(Some(ErasureReceipt {
+            order_id: order_id.clone(),
+            lsn: next,
+            erased_at: at,
+            events: victims.len() as u64,
+        })));
+        removals.push((
+            Removal {
+                lsn: next,
+                at,
+                kind: RemovalKind::Erasure {
+                    salt,
+                    digest: order_digest(&salt, order_id),
+                },
+                lsns: sorted_lsns(&victims),
+            },
+            victims,
+        ));
+        next = Lsn(next.0 + 1);
     }
-    let salt: [u8; SALT_BYTES] = rand::random();
-    let removal = Removal {
-        lsn: next_lsn(shared),
-        at,
-        kind: RemovalKind::Erasure {
-            salt,
-            digest: order_digest(&salt, order_id),
-        },
-        lsns: sorted_lsns(&victims),
-    };
-    let lsn = removal.lsn;
-    let events = victims.len() as u64;
-    commit(shared, removal, victims, opts)?;
-    Ok(Some(ErasureReceipt {
-        order_id: order_id.to_owned(),
-        lsn,
-        erased_at: at,
-        events,
-    }))
+    commit_many(shared, removals, None, opts)?;
+    Ok(receipts)
 }
 
 /// Removes up to `max` of the events that occurred before `before`, oldest first.
@@ -256,69 +279,93 @@ fn commit_with_epoch(
     opens_epoch: Option<u64>,
     opts: &WriteOptions,
 ) -> Result<()> {
+    commit_many(shared, vec![(removal, victims)], opens_epoch, opts)
+}
+
+/// Commits removals at consecutive LSNs after the last one, in one durable batch. Their events must
+/// belong to distinct orders (each order's state is recomputed from the committed store).
+fn commit_many(
+    shared: &Shared,
+    removals: Vec<(Removal, Vec<StoredEvent>)>,
+    opens_epoch: Option<u64>,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let Some(first_new) = removals.first().map(|(r, _)| r.lsn) else {
+        return Ok(());
+    };
     let started = Instant::now();
     let db = &shared.db;
     let h = |cf| store::handle(db, cf);
     let mut stats = shared.stats.read().expect("stats lock").clone();
     let mut batch = WriteBatch::default();
-    let removed: HashSet<Lsn> = victims.iter().map(|e| e.lsn).collect();
-    let mut orders = BTreeSet::new();
-    for e in &victims {
-        let pos = TimePos {
-            at: e.event.occurred_at,
-            lsn: e.lsn,
-        };
-        batch.put_cf(
-            h(Cf::Log)?,
-            keys::log(e.lsn),
-            codec::encode_tombstone(
-                e.lsn,
-                removal.at,
-                removal.lsn,
-                LogEntry::Event(e.clone()).anchor_digest(),
-            ),
-        );
-        batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
-        batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
-        batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
-        orders.insert(e.event.order_id.as_str());
-    }
-    stats.events -= victims.len() as u64;
-    restate_orders(
-        shared,
-        orders,
-        |lsn| !removed.contains(&lsn),
-        &mut batch,
-        &mut stats,
-    )?;
-    let lsn = removal.lsn;
-    if let RemovalKind::Erasure { salt, digest } = &removal.kind {
-        let record = ErasureRecord {
-            lsn,
-            erased_at: removal.at,
-            // What the erasure removed on the primary: a replica that caught up afterwards had
-            // only tombstones left to remove.
-            events: removal.lsns.len() as u64,
-            salt: *salt,
-            digest: *digest,
-        };
-        batch.put_cf(
-            h(Cf::Meta)?,
-            keys::meta_erasure(lsn),
-            codec::encode_erasure_record(&record),
-        );
+    let all_removed: HashSet<Lsn> = removals
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|e| e.lsn))
+        .collect();
+    let mut bytes = 0u64;
+    let mut last = first_new;
+    for (removal, victims) in &removals {
+        let mut orders = BTreeSet::new();
+        for e in victims {
+            let pos = TimePos {
+                at: e.event.occurred_at,
+                lsn: e.lsn,
+            };
+            batch.put_cf(
+                h(Cf::Log)?,
+                keys::log(e.lsn),
+                codec::encode_tombstone(
+                    e.lsn,
+                    removal.at,
+                    removal.lsn,
+                    LogEntry::Event(e.clone()).anchor_digest(),
+                ),
+            );
+            batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
+            batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
+            batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
+            orders.insert(e.event.order_id.as_str());
+        }
+        stats.events -= victims.len() as u64;
+        restate_orders(
+            shared,
+            orders,
+            |lsn| !all_removed.contains(&lsn),
+            &mut batch,
+            &mut stats,
+        )?;
+        if let RemovalKind::Erasure { salt, digest } = &removal.kind {
+            let record = ErasureRecord {
+                lsn: removal.lsn,
+                erased_at: removal.at,
+                // What the erasure removed on the primary: a replica that caught up afterwards had
+                // only tombstones left to remove.
+                events: removal.lsns.len() as u64,
+                salt: *salt,
+                digest: *digest,
+            };
+            batch.put_cf(
+                h(Cf::Meta)?,
+                keys::meta_erasure(removal.lsn),
+                codec::encode_erasure_record(&record),
+            );
+        }
+        let entry = codec::encode_log_entry(&LogEntry::Removal(removal.clone()));
+        bytes += entry.len() as u64;
+        batch.put_cf(h(Cf::Log)?, keys::log(removal.lsn), entry);
+        last = removal.lsn;
     }
     if let Some(epoch) = opens_epoch {
         batch.put_cf(
             h(Cf::Meta)?,
             keys::meta_epoch(epoch),
-            codec::encode_epoch_start(lsn),
+            codec::encode_epoch_start(first_new),
         );
         if shared.known_epoch.load(Ordering::SeqCst) < epoch {
             batch.put_cf(h(Cf::Meta)?, keys::META_KNOWN_EPOCH, epoch.to_be_bytes());
         }
     }
-    let first = trim_point(shared, &removed, lsn)?;
+    let first = trim_point(shared, &all_removed, first_new)?;
     if let Some((first, anchor)) = first {
         let old = shared.first_lsn.load(Ordering::SeqCst);
         batch.delete_range_cf(h(Cf::Log)?, keys::log(Lsn(old)), keys::log(first));
@@ -328,11 +375,8 @@ fn commit_with_epoch(
     }
     // Until a purge, the removed bytes may still be in SST files and the WAL (durable, so that a
     // restart does not forget the purge owed).
-    batch.put_cf(h(Cf::Meta)?, keys::META_PURGE_PENDING, lsn.0.to_be_bytes());
-    let entry = codec::encode_log_entry(&LogEntry::Removal(removal));
-    let bytes = entry.len() as u64;
-    batch.put_cf(h(Cf::Log)?, keys::log(lsn), entry);
-    stats.last_lsn = lsn;
+    batch.put_cf(h(Cf::Meta)?, keys::META_PURGE_PENDING, last.0.to_be_bytes());
+    stats.last_lsn = last;
     batch.put_cf(h(Cf::Meta)?, keys::META_STATS, codec::encode_stats(&stats));
     fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
         "injected write failure".to_owned()
@@ -345,20 +389,21 @@ fn commit_with_epoch(
         *shared.trim_anchor.write().expect("anchor lock") = Some((Lsn(first.0 - 1), anchor));
         shared.first_lsn.store(first.0, Ordering::SeqCst);
     }
-    shared.purge_pending.store(lsn.0, Ordering::SeqCst);
+    shared.purge_pending.store(last.0, Ordering::SeqCst);
     if let Some(epoch) = opens_epoch {
         shared.known_epoch.fetch_max(epoch, Ordering::SeqCst);
         shared
             .epochs
             .write()
             .expect("epochs lock")
-            .push((epoch, lsn));
+            .push((epoch, first_new));
     }
-    let removed: Vec<Lsn> = victims.iter().map(|e| e.lsn).collect();
+    let mut removed: Vec<Lsn> = all_removed.into_iter().collect();
+    removed.sort_unstable();
     shared.commits.publish(&CommitInfo {
-        last_lsn: lsn,
+        last_lsn: last,
         events: 0,
-        requests: 1,
+        requests: removals.len() as u64,
         bytes,
         write_time: started.elapsed(),
         new_events: &[],

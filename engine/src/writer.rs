@@ -13,7 +13,9 @@ use crate::engine::{CommitInfo, Durability, Shared};
 use crate::entry::{ErasureReceipt, LogEntry, Removal, RetentionReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, StoredEvent};
-use crate::limits::{EVENTS_PER_REQUEST_MAX, GROUP_BYTES_MAX, GROUP_EVENTS_MAX};
+use crate::limits::{
+    ERASURES_PER_BATCH_MAX, EVENTS_PER_REQUEST_MAX, GROUP_BYTES_MAX, GROUP_EVENTS_MAX,
+};
 use crate::plan::{GroupPlan, Lookup, Op, Outcome};
 use crate::state::OrderState;
 use crate::store::{self, Cf};
@@ -101,10 +103,7 @@ impl Command {
     fn runs_alone(&self) -> bool {
         matches!(
             self,
-            Command::Truncate { .. }
-                | Command::Erase { .. }
-                | Command::Expire { .. }
-                | Command::ReplicateRemoval { .. }
+            Command::Truncate { .. } | Command::Expire { .. } | Command::ReplicateRemoval { .. }
         )
     }
 }
@@ -208,20 +207,30 @@ pub(crate) fn run(
         let mut planned = Vec::new();
         let mut requests = 0usize;
         let mut meta_ops = Vec::new();
+        // Erasures read and write the committed store: they commit together right after the group
+        // (one more fsync for all of them), not one write each. Queued requests are concurrent, so
+        // serving the group's appends first is a valid order.
+        let mut erasures: Vec<(String, Reply<Option<ErasureReceipt>>)> = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
-            requests += 1;
-            plan_command(
-                &shared,
-                &mut plan,
-                &lookup,
-                cmd,
-                received_at,
-                &mut planned,
-                &mut meta_ops,
-            );
+            match cmd {
+                Command::Erase { order_id, reply } => erasures.push((order_id, reply)),
+                cmd => {
+                    requests += 1;
+                    plan_command(
+                        &shared,
+                        &mut plan,
+                        &lookup,
+                        cmd,
+                        received_at,
+                        &mut planned,
+                        &mut meta_ops,
+                    );
+                }
+            }
             let room = plan.event_count() + EVENTS_PER_REQUEST_MAX <= GROUP_EVENTS_MAX
-                && plan.bytes() < GROUP_BYTES_MAX;
+                && plan.bytes() < GROUP_BYTES_MAX
+                && erasures.len() < ERASURES_PER_BATCH_MAX;
             if room {
                 next = rx.try_recv().ok();
                 if next.as_ref().is_some_and(Command::runs_alone) {
@@ -229,9 +238,69 @@ pub(crate) fn run(
                 }
             }
         }
-        if planned.is_empty() {
-            continue;
+        if !planned.is_empty() {
+            let committed = commit_group(&shared, plan, planned, meta_ops, requests, &write_opts);
+            if committed {
+                last_received = received_at;
+            }
         }
+        if !erasures.is_empty() {
+            let at = Timestamp::now().max(last_received);
+            if erase_batch(&shared, erasures, at, &write_opts) {
+                last_received = at;
+            }
+        }
+    }
+}
+
+/// Answers a batch of erasures, committed in one write.
+fn erase_batch(
+    shared: &Shared,
+    erasures: Vec<(String, Reply<Option<ErasureReceipt>>)>,
+    at: Timestamp,
+    opts: &WriteOptions,
+) -> bool {
+    if let Some(reason) = shared.poisoned.get() {
+        for (_, reply) in erasures {
+            reply(Err(Error::Poisoned(reason.clone())));
+        }
+        return false;
+    }
+    let ids: Vec<String> = erasures.iter().map(|(id, _)| id.clone()).collect();
+    match crate::removal::erase_many(shared, &ids, at, opts) {
+        Ok(results) => {
+            let wrote = results.iter().any(|r| matches!(r, Ok(Some(_))));
+            for ((_, reply), result) in erasures.into_iter().zip(results) {
+                reply(result);
+            }
+            wrote
+        }
+        Err(e) => {
+            if let Error::Poisoned(reason) = &e {
+                let _ = shared.poisoned.set(reason.clone());
+            }
+            for (_, reply) in erasures {
+                reply(Err(match &e {
+                    Error::Poisoned(r) => Error::Poisoned(r.clone()),
+                    Error::ReadOnly(r) => Error::ReadOnly(r.clone()),
+                    other => Error::Corrupt(format!("the erasure failed: {other}")),
+                }));
+            }
+            false
+        }
+    }
+}
+
+/// Commits a planned group and answers its requests. Returns whether it was written.
+fn commit_group(
+    shared: &Shared,
+    plan: GroupPlan,
+    planned: Vec<Planned>,
+    mut meta_ops: Vec<Op>,
+    requests: usize,
+    write_opts: &WriteOptions,
+) -> bool {
+    {
         let events = plan.event_count();
         let bytes = plan.bytes();
         let (mut ops, stats, new_events) = plan.finish();
@@ -242,12 +311,11 @@ pub(crate) fn run(
             // Only duplicates of committed events (or mode changes): nothing new to make durable.
             Ok(())
         } else {
-            write_group(&shared.db, ops, &write_opts)
+            write_group(&shared.db, ops, write_opts)
         };
         let write_time = started.elapsed();
         match written {
             Ok(()) => {
-                last_received = received_at;
                 let last_lsn = stats.last_lsn;
                 *shared.stats.write().expect("stats lock") = stats;
                 for p in &planned {
@@ -271,6 +339,7 @@ pub(crate) fn run(
                 for p in planned {
                     p.answer(Ok(last_lsn));
                 }
+                true
             }
             Err(reason) => {
                 let _ = shared.poisoned.set(reason.clone());
@@ -278,6 +347,7 @@ pub(crate) fn run(
                 for p in planned {
                     p.answer(Err(&e));
                 }
+                false
             }
         }
     }
@@ -298,11 +368,6 @@ fn run_alone(shared: &Shared, cmd: Command, at: Timestamp, opts: &WriteOptions) 
             answer(shared, reply, crate::truncate::run(shared, after, opts));
             false
         }
-        Command::Erase { order_id, reply } => answer(
-            shared,
-            reply,
-            crate::removal::erase(shared, &order_id, at, opts),
-        ),
         Command::Expire { before, max, reply } => answer(
             shared,
             reply,

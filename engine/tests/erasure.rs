@@ -856,3 +856,59 @@ fn retention_removes_exactly_the_old_events() {
     assert!(engine.order_state("mixed").expect("state").is_some());
     assert_verified(&engine);
 }
+
+/// Erasures queued together commit in one write: each still gets its own erasure entry, receipt
+/// and record, and an order named twice is erased once (the other request finds nothing).
+#[test]
+fn concurrent_erasures_commit_together_each_with_its_own_receipt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    for o in 0..40 {
+        let events = (0..3)
+            .map(|i| event(&format!("c-{o}-{i}"), &format!("c-{o}"), Status::Created, i))
+            .collect();
+        engine.append(events).expect("append");
+    }
+    let before = engine.stats();
+    // Order c-0 is named by two requests.
+    let names: Vec<String> = (0..40)
+        .map(|o| format!("c-{o}"))
+        .chain(["c-0".to_owned(), "never-stored".to_owned()])
+        .collect();
+    let receipts = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for name in &names {
+            let (engine, receipts) = (&engine, &receipts);
+            s.spawn(move || {
+                let r = engine.erase_order(name).expect("erase");
+                receipts.lock().unwrap().push((name.clone(), r));
+            });
+        }
+    });
+    let receipts = receipts.into_inner().unwrap();
+    let found: Vec<_> = receipts.iter().filter_map(|(_, r)| r.clone()).collect();
+    assert_eq!(
+        found.len(),
+        40,
+        "every stored order erased once: {receipts:?}"
+    );
+    let lsns: BTreeSet<Lsn> = found.iter().map(|r| r.lsn).collect();
+    assert_eq!(lsns.len(), 40, "one erasure entry each");
+    assert_eq!(
+        lsns.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (before.last_lsn.0 + 1..=before.last_lsn.0 + 40).collect::<Vec<_>>(),
+        "erasure entries take consecutive LSNs"
+    );
+    for r in &found {
+        assert_eq!(r.events, 3, "{r:?}");
+        let record = engine
+            .erasure_record(r.lsn)
+            .expect("record")
+            .expect("an erasure leaves a record");
+        assert!(record.is_of(&r.order_id), "{r:?}");
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.orders, stats.events), (0, 0), "{stats:?}");
+    assert_eq!(stats.last_lsn, Lsn(before.last_lsn.0 + 40));
+    assert_verified(&engine);
+}
