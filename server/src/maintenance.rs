@@ -19,10 +19,11 @@ use crate::metrics::Metrics;
 
 /// Pause between two retention steps, at least: leaves the writer to client appends.
 const RETENTION_STEP_PAUSE: Duration = Duration::from_millis(20);
-/// A retention step occupies the engine's single writer; after each step the sweep pauses this many
-/// times the step's duration, so that it takes at most 1/(1+N) of the writer (20% for 4). A sweep
-/// need only outpace the day's ingest on average.
-const RETENTION_PAUSE_FACTOR: u32 = 4;
+/// A retention step occupies the engine's single writer (and a core: each removed event costs about
+/// as much as 3-4 ingested ones, measured in bench/RESULTS.md); after each step the sweep pauses
+/// this many times the step's duration, so that it takes at most 1/(1+N) of the writer (10% for 9).
+/// A sweep need only outpace the day's ingest on average (10M events a day is 116/s).
+const RETENTION_PAUSE_FACTOR: u32 = 9;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaintenanceConfig {
