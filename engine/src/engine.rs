@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub(crate) purge_pending: AtomicU64,
     /// Orders a removal's commit and a purge clearing `purge_pending`.
     pub(crate) purge_lock: Mutex<()>,
+    /// Where the next retention step starts in `by_time`: every key below was removed (see
+    /// `removal::expire`). Cleared by a commit of an event below it and by an empty step.
+    pub(crate) sweep_cursor: Mutex<Option<crate::keys::TimePos>>,
 }
 
 /// An open store. Reads may be called from any number of threads; writes are queued to one writer
@@ -230,6 +233,7 @@ impl Engine {
             trim_anchor: RwLock::new(trim_anchor),
             purge_pending: AtomicU64::new(purge_pending),
             purge_lock: Mutex::new(()),
+            sweep_cursor: Mutex::new(None),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();

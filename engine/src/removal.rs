@@ -102,15 +102,24 @@ pub(crate) fn expire(
         at: before,
         lsn: Lsn(0),
     }));
+    // Every key below the cursor was removed by an earlier step (a commit of an event below it
+    // clears it): starting there skips the deletion markers those steps left, which a scan from
+    // the first key would walk again on every step until compaction drops them.
+    let cursor = *shared.sweep_cursor.lock().expect("cursor lock");
+    if let Some(c) = cursor {
+        ro.set_iterate_lower_bound(keys::by_time(c));
+    }
     let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByTime)?, ro);
     it.seek_to_first();
     let log = store::handle(db, Cf::Log)?;
     let mut victims = Vec::new();
+    let mut last_pos = None;
     while let Some(k) = it.key() {
         if victims.len() >= max {
             break;
         }
         let pos = keys::decode_by_time(k)?;
+        last_pos = Some(pos);
         let v = db
             .get_pinned_cf(log, keys::log(pos.lsn))?
             .ok_or_else(|| Error::Corrupt(format!("by_time points to LSN {}, missing", pos.lsn)))?;
@@ -119,6 +128,7 @@ pub(crate) fn expire(
     }
     it.status()?;
     if victims.is_empty() {
+        *shared.sweep_cursor.lock().expect("cursor lock") = None;
         return Ok(RetentionReport::default());
     }
     let removal = Removal {
@@ -131,6 +141,7 @@ pub(crate) fn expire(
     let events = victims.len() as u64;
     let orders_before = shared.stats.read().expect("stats lock").orders;
     commit(shared, removal, victims, opts)?;
+    *shared.sweep_cursor.lock().expect("cursor lock") = last_pos;
     let orders_after = shared.stats.read().expect("stats lock").orders;
     Ok(RetentionReport {
         lsn: Some(lsn),

@@ -13,6 +13,7 @@ use crate::engine::{CommitInfo, Durability, Shared};
 use crate::entry::{ErasureReceipt, LogEntry, Removal, RetentionReport};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, StoredEvent};
+use crate::keys::TimePos;
 use crate::limits::{
     ERASURES_PER_BATCH_MAX, EVENTS_PER_REQUEST_MAX, GROUP_BYTES_MAX, GROUP_EVENTS_MAX,
 };
@@ -318,6 +319,20 @@ fn commit_group(
             Ok(()) => {
                 let last_lsn = stats.last_lsn;
                 *shared.stats.write().expect("stats lock") = stats;
+                {
+                    // A late event below the retention sweep's cursor: the next step starts over.
+                    let mut cursor = shared.sweep_cursor.lock().expect("cursor lock");
+                    if let Some(c) = *cursor
+                        && new_events.iter().any(|e| {
+                            TimePos {
+                                at: e.event.occurred_at,
+                                lsn: e.lsn,
+                            } < c
+                        })
+                    {
+                        *cursor = None;
+                    }
+                }
                 for p in &planned {
                     if let Planned::Epoch(_, epoch, start) | Planned::Promote(_, epoch, start) = p {
                         shared
