@@ -9,7 +9,7 @@
 //! index entry), the removal entry takes the next LSN, and an erasure leaves a record to check receipts
 //! against. A crash leaves the store before or after, never between.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -316,7 +316,7 @@ fn commit_many(
     let mut bytes = 0u64;
     let mut last = first_new;
     for (removal, victims) in &removals {
-        let mut orders = BTreeSet::new();
+        let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
         for e in victims {
             let pos = TimePos {
                 at: e.event.occurred_at,
@@ -335,7 +335,7 @@ fn commit_many(
             batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
             batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
             batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
-            orders.insert(e.event.order_id.as_str());
+            *orders.entry(e.event.order_id.as_str()).or_default() += 1;
         }
         stats.events -= victims.len() as u64;
         restate_orders(
@@ -460,23 +460,30 @@ fn trim_point(
     })
 }
 
-/// Recomputes the states of `orders` from the events `keep` accepts, into `batch` and `stats`:
-/// status index moves, counts by status, and deletion of orders left with no event.
+/// Recomputes the states of `orders` (each with how many of its events go) from the events `keep`
+/// accepts, into `batch` and `stats`: status index moves, counts by status, and deletion of orders
+/// left with no event.
 pub(crate) fn restate_orders<'a>(
     shared: &Shared,
-    orders: impl IntoIterator<Item = &'a str>,
+    orders: impl IntoIterator<Item = (&'a str, u64)>,
     keep: impl Fn(Lsn) -> bool,
     batch: &mut WriteBatch,
     stats: &mut Stats,
 ) -> Result<()> {
     let db = &shared.db;
     let h = |cf| store::handle(db, cf);
-    for order_id in orders {
+    for (order_id, removing) in orders {
         let before = match db.get_pinned_cf(h(Cf::Orders)?, order_id.as_bytes())? {
             Some(v) => Some(codec::decode_state(&v)?),
             None => None,
         };
-        let after = recompute(shared, order_id, &keep)?;
+        // `removing` of the order's events go: when that is all of them (most orders of a retention
+        // step, every erasure) nothing is left to fold, and the order's events need not be read.
+        let after = if before.as_ref().is_some_and(|b| b.event_count == removing) {
+            None
+        } else {
+            recompute(shared, order_id, &keep)?
+        };
         let old_status = before.as_ref().map(|s| s.status.value);
         let new_status = after.as_ref().map(|s| s.status.value);
         if old_status != new_status {

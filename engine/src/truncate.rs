@@ -4,7 +4,7 @@
 //! recomputed from their remaining events by the same fold rule as on write, and the stats and epoch
 //! history follow, all in one durable batch: a crash leaves either the old or the new store.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use rocksdb::{WriteBatch, WriteOptions};
 
@@ -34,7 +34,7 @@ pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u6
     let removed = tail(shared, after)?;
     let h = |cf| store::handle(db, cf);
     let mut batch = WriteBatch::default();
-    let mut orders = BTreeSet::new();
+    let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
     // Every log entry after `after` goes, tombstones included (a tombstone whose removal has not
     // arrived yet can sit in a tail).
     if after < stats.last_lsn {
@@ -52,7 +52,7 @@ pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u6
         batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
         batch.delete_cf(h(Cf::ByTime)?, keys::by_time(pos));
         batch.delete_cf(h(Cf::EventIds)?, e.event.event_id.as_bytes());
-        orders.insert(e.event.order_id.as_str());
+        *orders.entry(e.event.order_id.as_str()).or_default() += 1;
     }
     stats.events -= removed.len() as u64;
     crate::removal::restate_orders(shared, orders, |lsn| lsn <= after, &mut batch, &mut stats)?;
