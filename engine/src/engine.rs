@@ -179,13 +179,6 @@ impl Engine {
         let last_received = last.map(|e| e.received_at()).unwrap_or(Timestamp::MIN);
         let epochs = read_epochs(&db)?;
         let own_epoch = epochs.last().map_or(0, |(e, _)| *e);
-        let first_lsn = match db.get_pinned_cf(meta, keys::META_FIRST_LSN)? {
-            Some(v) => u64::from_be_bytes(
-                (*v).try_into()
-                    .map_err(|_| Error::Corrupt("the first LSN is not 8 bytes".into()))?,
-            ),
-            None => 1,
-        };
         let meta_u64 = |key: &[u8]| -> Result<Option<u64>> {
             match db.get_pinned_cf(meta, key)? {
                 Some(v) => Ok(Some(u64::from_be_bytes((*v).try_into().map_err(|_| {
@@ -197,17 +190,12 @@ impl Engine {
                 None => Ok(None),
             }
         };
+        let first_lsn = meta_u64(keys::META_FIRST_LSN)?.unwrap_or(1);
         let trim_anchor = meta_u64(keys::META_TRIM_ANCHOR)?
             .filter(|_| first_lsn > 1)
             .map(|d| (Lsn(first_lsn - 1), d));
         let purge_pending = meta_u64(keys::META_PURGE_PENDING)?.unwrap_or(0);
-        let known_epoch = match db.get_pinned_cf(meta, keys::META_KNOWN_EPOCH)? {
-            Some(v) => u64::from_be_bytes(
-                (*v).try_into()
-                    .map_err(|_| Error::Corrupt("the known epoch is not 8 bytes".into()))?,
-            ),
-            None => own_epoch,
-        };
+        let known_epoch = meta_u64(keys::META_KNOWN_EPOCH)?.unwrap_or(own_epoch);
         // A node that has heard of a newer epoch than its own was superseded: it stays fenced across
         // restarts until it rejoins as a replica.
         let read_only = (known_epoch > own_epoch).then(|| {
@@ -419,10 +407,7 @@ impl Engine {
     pub fn purge(&self) -> Result<()> {
         let db = &self.shared.db;
         let pending = self.shared.purge_pending.load(Ordering::SeqCst);
-        let handles = Cf::ALL
-            .iter()
-            .map(|cf| store::handle(db, *cf))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = store::handles(db)?;
         self.flush()?;
         let before: std::collections::HashSet<String> =
             db.live_files()?.into_iter().map(|f| f.name).collect();
@@ -656,10 +641,7 @@ impl Engine {
     pub fn flush(&self) -> Result<()> {
         // `DB::flush` flushes only the default column family, which holds nothing.
         let db = &self.shared.db;
-        let handles = Cf::ALL
-            .iter()
-            .map(|cf| store::handle(db, *cf))
-            .collect::<Result<Vec<_>>>()?;
+        let handles = store::handles(db)?;
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(true);
         Ok(db.flush_cfs_opt(&handles, &opts)?)

@@ -140,7 +140,7 @@ pub(crate) fn expire(
     let lsn = removal.lsn;
     let events = victims.len() as u64;
     let orders_before = shared.stats.read().expect("stats lock").orders;
-    commit(shared, removal, victims, opts)?;
+    commit_many(shared, vec![(removal, victims)], None, opts)?;
     *shared.sweep_cursor.lock().expect("cursor lock") = last_pos;
     let orders_after = shared.stats.read().expect("stats lock").orders;
     Ok(RetentionReport {
@@ -230,7 +230,7 @@ pub(crate) fn apply(
     }
     let lsn = removal.lsn;
     let opens_epoch = (epoch > newest).then_some(epoch);
-    commit_with_epoch(shared, removal, victims, opens_epoch, opts)?;
+    commit_many(shared, vec![(removal, victims)], opens_epoch, opts)?;
     Ok(lsn)
 }
 
@@ -274,25 +274,6 @@ fn order_events(shared: &Shared, order_id: &str) -> Result<Vec<StoredEvent>> {
     Ok(out)
 }
 
-fn commit(
-    shared: &Shared,
-    removal: Removal,
-    victims: Vec<StoredEvent>,
-    opts: &WriteOptions,
-) -> Result<()> {
-    commit_with_epoch(shared, removal, victims, None, opts)
-}
-
-fn commit_with_epoch(
-    shared: &Shared,
-    removal: Removal,
-    victims: Vec<StoredEvent>,
-    opens_epoch: Option<u64>,
-    opts: &WriteOptions,
-) -> Result<()> {
-    commit_many(shared, vec![(removal, victims)], opens_epoch, opts)
-}
-
 /// Commits removals at consecutive LSNs after the last one, in one durable batch. Their events must
 /// belong to distinct orders (each order's state is recomputed from the committed store).
 fn commit_many(
@@ -329,7 +310,7 @@ fn commit_many(
                     e.lsn,
                     removal.at,
                     removal.lsn,
-                    LogEntry::Event(e.clone()).anchor_digest(),
+                    crate::entry::bytes_digest(&codec::encode_event(e)),
                 ),
             );
             batch.delete_cf(h(Cf::ByOrder)?, keys::by_order(&e.event.order_id, pos));
@@ -439,7 +420,6 @@ fn trim_point(
     let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
     it.seek(keys::log(first));
     let mut cut = removal_lsn;
-    let mut anchor = None;
     let mut scanned = 0;
     while let Some((k, v)) = it.item() {
         let lsn = keys::decode_log(k)?;
@@ -448,16 +428,20 @@ fn trim_point(
             cut = lsn;
             break;
         }
-        // An event removed now becomes a tombstone holding its digest: the same anchor.
-        anchor = Some(codec::decode_log_entry(v)?.anchor_digest());
         scanned += 1;
         it.next();
     }
     it.status()?;
-    Ok(match anchor {
-        Some(a) if cut > first => Some((cut, a)),
-        _ => None,
-    })
+    if cut <= first {
+        return Ok(None);
+    }
+    // The entry just before the new start; an event removed now becomes a tombstone holding its
+    // digest, so the anchor is the same either way.
+    let before = Lsn(cut.0 - 1);
+    let v = db
+        .get_pinned_cf(store::handle(db, Cf::Log)?, keys::log(before))?
+        .ok_or_else(|| Error::Corrupt(format!("log entry {before} is missing")))?;
+    Ok(Some((cut, codec::decode_log_entry(&v)?.anchor_digest())))
 }
 
 /// Recomputes the states of `orders` (each with how many of its events go) from the events `keep`

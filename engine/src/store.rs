@@ -159,3 +159,8 @@ pub fn handle(db: &DB, cf: Cf) -> Result<&ColumnFamily> {
     db.cf_handle(cf.name())
         .ok_or_else(|| Error::Corrupt(format!("column family {} is missing", cf.name())))
 }
+
+/// Every column family's handle, in the order of [`Cf::ALL`].
+pub fn handles(db: &DB) -> Result<Vec<&ColumnFamily>> {
+    Cf::ALL.iter().map(|cf| handle(db, *cf)).collect()
+}

@@ -455,17 +455,23 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
 }
 
+/// A replica refuses changes, naming the primary to send them to.
+fn refuse_on_replica(app: &App, what: &str) -> Result<(), Problem> {
+    match app.replication.primary() {
+        Some(primary) => Err(Problem::read_only_replica(
+            format!("this node is a read-only replica; send {what} to the primary at {primary}"),
+            Some(primary),
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn ingest(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    if let Some(primary) = app.replication.primary() {
-        return Err(Problem::read_only_replica(
-            format!("this node is a read-only replica; send writes to the primary at {primary}"),
-            Some(primary),
-        ));
-    }
+    refuse_on_replica(&app, "writes")?;
     let format = body_format(&headers)?;
     let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
     let now = Timestamp::now();
@@ -920,12 +926,7 @@ async fn erase_order(
     q: RawQuery,
 ) -> Result<Response, Problem> {
     Params::from(q)?.finish()?;
-    if let Some(primary) = app.replication.primary() {
-        return Err(Problem::read_only_replica(
-            format!("this node is a read-only replica; send erasures to the primary at {primary}"),
-            Some(primary),
-        ));
-    }
+    refuse_on_replica(&app, "erasures")?;
     order_id_param(&order_id)?;
     let engine = app.engine.clone();
     let id = order_id.clone();
