@@ -105,6 +105,11 @@ impl GroupPlan {
         self.new_events.len()
     }
 
+    /// Whether the group writes to this order (its state or its events).
+    pub fn touches_order(&self, order_id: &str) -> bool {
+        self.orders.contains_key(order_id)
+    }
+
     fn undo_point(&self) -> Undo {
         Undo {
             next_lsn: self.next_lsn,

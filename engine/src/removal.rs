@@ -1,7 +1,8 @@
-//! Removals: GDPR erasure of an order and retention of old events. Both run on the writer thread,
-//! alone (never inside a group), so they see only committed data. The primary chooses the events to
-//! remove; a replica receives the removal entry and removes the same events through the same `commit`,
-//! so both stores end equal.
+//! Removals: GDPR erasure of an order and retention of old events. Both run on the writer thread and
+//! see only committed data: a retention step runs alone; erasures share the write (and fsync) of the
+//! append group they came with, staged after it, unless that group touches one of their orders. The
+//! primary chooses the events to remove; a replica receives the removal entry and removes the same
+//! events through the same `stage`, so both stores end equal.
 //!
 //! One removal is one durable batch: each removed event's log entry becomes a tombstone (the log stays
 //! gap-free), its `by_order`, `by_time` and event-id entries are deleted, the states of the orders
@@ -29,6 +30,11 @@ use crate::state::{OrderState, Stats};
 use crate::store::{self, Cf};
 use crate::time::Timestamp;
 
+/// What each erasure of a batch found: its receipt, None (nothing to erase), or its own error.
+pub(crate) type Receipts = Vec<Result<Option<ErasureReceipt>>>;
+/// Removals and the events each one takes.
+type Removals = Vec<(Removal, Vec<StoredEvent>)>;
+
 /// Erases several orders in one durable batch (one fsync): each one found gets its own erasure
 /// entry, at consecutive LSNs in the given order. An order named twice is erased once; the later
 /// request finds nothing (None), like an erasure that came after it. An order that cannot be erased
@@ -39,9 +45,40 @@ pub(crate) fn erase_many(
     order_ids: &[String],
     at: Timestamp,
     opts: &WriteOptions,
-) -> Result<Vec<Result<Option<ErasureReceipt>>>> {
+) -> Result<Receipts> {
+    let (removals, receipts) = plan_erasures(shared, order_ids, at, next_lsn(shared))?;
+    commit_many(shared, removals, None, opts)?;
+    Ok(receipts)
+}
+
+/// Stages erasures into `batch`, to be written with an append group that comes before them in the
+/// log (one write, one fsync for both): `base` is the stats after that group, whose last LSN the
+/// erasures follow, and `log_end` the group's first LSN (the store does not hold it yet). None of
+/// the orders may have events in the group. Returns the receipts (as `erase_many`) and what to
+/// publish once the batch is durable; the caller writes `Staged::put_stats` last.
+pub(crate) fn stage_erasures(
+    shared: &Shared,
+    order_ids: &[String],
+    at: Timestamp,
+    base: Stats,
+    log_end: Lsn,
+    batch: &mut WriteBatch,
+) -> Result<(Receipts, Option<Staged>)> {
+    let first = Lsn(base.last_lsn.0 + 1);
+    let (removals, receipts) = plan_erasures(shared, order_ids, at, first)?;
+    let staged = stage(shared, removals, None, base, log_end, batch)?;
+    Ok((receipts, staged))
+}
+
+/// Chooses the events of each erasure (see `erase_many`), numbering the erasures from `first`.
+fn plan_erasures(
+    shared: &Shared,
+    order_ids: &[String],
+    at: Timestamp,
+    first: Lsn,
+) -> Result<(Removals, Receipts)> {
     writable(shared)?;
-    let mut next = next_lsn(shared);
+    let mut next = first;
     let mut seen = HashSet::new();
     let mut removals = Vec::new();
     let mut receipts = Vec::with_capacity(order_ids.len());
@@ -82,8 +119,7 @@ pub(crate) fn erase_many(
         ));
         next = Lsn(next.0 + 1);
     }
-    commit_many(shared, removals, None, opts)?;
-    Ok(receipts)
+    Ok((removals, receipts))
 }
 
 /// Removes up to `max` of the events that occurred before `before`, oldest first.
@@ -278,18 +314,103 @@ fn order_events(shared: &Shared, order_id: &str) -> Result<Vec<StoredEvent>> {
 /// belong to distinct orders (each order's state is recomputed from the committed store).
 fn commit_many(
     shared: &Shared,
-    removals: Vec<(Removal, Vec<StoredEvent>)>,
+    removals: Removals,
     opens_epoch: Option<u64>,
     opts: &WriteOptions,
 ) -> Result<()> {
-    let Some(first_new) = removals.first().map(|(r, _)| r.lsn) else {
+    let started = Instant::now();
+    let stats = shared.stats.read().expect("stats lock").clone();
+    let log_end = Lsn(stats.last_lsn.0 + 1);
+    let mut batch = WriteBatch::default();
+    let Some(staged) = stage(shared, removals, opens_epoch, stats, log_end, &mut batch)? else {
         return Ok(());
     };
-    let started = Instant::now();
+    staged.put_stats(shared, &mut batch)?;
+    fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
+        "injected write failure".to_owned()
+    )));
+    let _purge = shared.purge_lock.lock().expect("purge lock");
+    shared
+        .db
+        .write_opt(batch, opts)
+        .map_err(|e| Error::Poisoned(format!("removal failed: {e}")))?;
+    staged.publish(shared, started.elapsed());
+    Ok(())
+}
+
+/// Removals staged into a write batch that is not written yet: what they change in memory once it
+/// is durable.
+pub(crate) struct Staged {
+    first_new: Lsn,
+    last: Lsn,
+    /// The stats after the removals (and after whatever the batch holds before them).
+    stats: Stats,
+    /// The log's new first LSN and its anchor digest, when the start moves.
+    trim: Option<(Lsn, u64)>,
+    removed: Vec<Lsn>,
+    bytes: u64,
+    requests: u64,
+    opens_epoch: Option<u64>,
+}
+
+impl Staged {
+    /// Puts the stats after the removals; last in the batch, over any earlier stats of the batch.
+    pub(crate) fn put_stats(&self, shared: &Shared, batch: &mut WriteBatch) -> Result<()> {
+        batch.put_cf(
+            store::handle(&shared.db, Cf::Meta)?,
+            keys::META_STATS,
+            codec::encode_stats(&self.stats),
+        );
+        Ok(())
+    }
+
+    /// Makes the written removals visible in memory and tells subscribers. The caller holds the
+    /// purge lock from before the write (a purge must not see the removal written but not owed).
+    pub(crate) fn publish(self, shared: &Shared, write_time: std::time::Duration) {
+        *shared.stats.write().expect("stats lock") = self.stats;
+        if let Some((first, anchor)) = self.trim {
+            *shared.trim_anchor.write().expect("anchor lock") = Some((Lsn(first.0 - 1), anchor));
+            shared.first_lsn.store(first.0, Ordering::SeqCst);
+        }
+        shared.purge_pending.store(self.last.0, Ordering::SeqCst);
+        if let Some(epoch) = self.opens_epoch {
+            shared.known_epoch.fetch_max(epoch, Ordering::SeqCst);
+            shared
+                .epochs
+                .write()
+                .expect("epochs lock")
+                .push((epoch, self.first_new));
+        }
+        shared.commits.publish(&CommitInfo {
+            last_lsn: self.last,
+            events: 0,
+            requests: self.requests,
+            bytes: self.bytes,
+            write_time,
+            new_events: &[],
+            removed: &self.removed,
+        });
+    }
+}
+
+/// Stages removals at consecutive LSNs after `stats.last_lsn` into `batch`, all but the stats (see
+/// `Staged::put_stats`). `log_end` is the first LSN the committed store does not hold: entries of
+/// the same batch before the removals are not readable yet, and the log start never moves past
+/// them. Their events must belong to distinct orders that nothing earlier in the batch touches
+/// (each order's state is recomputed from the committed store). None when there is nothing to do.
+fn stage(
+    shared: &Shared,
+    removals: Removals,
+    opens_epoch: Option<u64>,
+    mut stats: Stats,
+    log_end: Lsn,
+    batch: &mut WriteBatch,
+) -> Result<Option<Staged>> {
+    let Some(first_new) = removals.first().map(|(r, _)| r.lsn) else {
+        return Ok(None);
+    };
     let db = &shared.db;
     let h = |cf| store::handle(db, cf);
-    let mut stats = shared.stats.read().expect("stats lock").clone();
-    let mut batch = WriteBatch::default();
     let all_removed: HashSet<Lsn> = removals
         .iter()
         .flat_map(|(_, v)| v.iter().map(|e| e.lsn))
@@ -323,7 +444,7 @@ fn commit_many(
             shared,
             orders,
             |lsn| !all_removed.contains(&lsn),
-            &mut batch,
+            batch,
             &mut stats,
         )?;
         if let RemovalKind::Erasure { salt, digest } = &removal.kind {
@@ -357,8 +478,8 @@ fn commit_many(
             batch.put_cf(h(Cf::Meta)?, keys::META_KNOWN_EPOCH, epoch.to_be_bytes());
         }
     }
-    let first = trim_point(shared, &all_removed, first_new)?;
-    if let Some((first, anchor)) = first {
+    let trim = trim_point(shared, &all_removed, first_new.min(log_end))?;
+    if let Some((first, anchor)) = trim {
         let old = shared.first_lsn.load(Ordering::SeqCst);
         batch.delete_range_cf(h(Cf::Log)?, keys::log(Lsn(old)), keys::log(first));
         batch.put_cf(h(Cf::Meta)?, keys::META_FIRST_LSN, first.0.to_be_bytes());
@@ -369,57 +490,33 @@ fn commit_many(
     // restart does not forget the purge owed).
     batch.put_cf(h(Cf::Meta)?, keys::META_PURGE_PENDING, last.0.to_be_bytes());
     stats.last_lsn = last;
-    batch.put_cf(h(Cf::Meta)?, keys::META_STATS, codec::encode_stats(&stats));
-    fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
-        "injected write failure".to_owned()
-    )));
-    let _purge = shared.purge_lock.lock().expect("purge lock");
-    db.write_opt(batch, opts)
-        .map_err(|e| Error::Poisoned(format!("removal failed: {e}")))?;
-    *shared.stats.write().expect("stats lock") = stats;
-    if let Some((first, anchor)) = first {
-        *shared.trim_anchor.write().expect("anchor lock") = Some((Lsn(first.0 - 1), anchor));
-        shared.first_lsn.store(first.0, Ordering::SeqCst);
-    }
-    shared.purge_pending.store(last.0, Ordering::SeqCst);
-    if let Some(epoch) = opens_epoch {
-        shared.known_epoch.fetch_max(epoch, Ordering::SeqCst);
-        shared
-            .epochs
-            .write()
-            .expect("epochs lock")
-            .push((epoch, first_new));
-    }
     let mut removed: Vec<Lsn> = all_removed.into_iter().collect();
     removed.sort_unstable();
-    shared.commits.publish(&CommitInfo {
-        last_lsn: last,
-        events: 0,
-        requests: removals.len() as u64,
+    Ok(Some(Staged {
+        first_new,
+        last,
+        stats,
+        trim,
+        removed,
         bytes,
-        write_time: started.elapsed(),
-        new_events: &[],
-        removed: &removed,
-    });
-    Ok(())
+        requests: removals.len() as u64,
+        opens_epoch,
+    }))
 }
 
-/// Where the log will start once this removal (at `removal_lsn`, removing `removed`) commits: past
-/// its prefix of tombstones and removal entries, up to the first event that stays, or the removal
-/// itself when nothing stays (the last entry is always kept: it carries the last LSN). Returns the
+/// Where the log will start once a batch removing `removed` commits: past its prefix of tombstones
+/// and removal entries, up to the first event that stays, or at most `end`: the batch's first new
+/// entry (its first removal, or the appends written before it), since the last entry is always kept
+/// (it carries the last LSN) and the store does not hold the batch's entries yet. Returns the
 /// new first LSN and the anchor digest of the entry just before it (as it will be once this
 /// removal commits), or None when the start does not move. Examines at most
 /// `TRIM_SCAN_ENTRIES_MAX` entries.
-fn trim_point(
-    shared: &Shared,
-    removed: &HashSet<Lsn>,
-    removal_lsn: Lsn,
-) -> Result<Option<(Lsn, u64)>> {
+fn trim_point(shared: &Shared, removed: &HashSet<Lsn>, end: Lsn) -> Result<Option<(Lsn, u64)>> {
     let db = &shared.db;
     let first = Lsn(shared.first_lsn.load(Ordering::SeqCst));
     let mut it = db.raw_iterator_cf(store::handle(db, Cf::Log)?);
     it.seek(keys::log(first));
-    let mut cut = removal_lsn;
+    let mut cut = end;
     let mut scanned = 0;
     while let Some((k, v)) = it.item() {
         let lsn = keys::decode_log(k)?;

@@ -208,9 +208,10 @@ pub(crate) fn run(
         let mut planned = Vec::new();
         let mut requests = 0usize;
         let mut meta_ops = Vec::new();
-        // Erasures read and write the committed store: they commit together right after the group
-        // (one more fsync for all of them), not one write each. Queued requests are concurrent, so
-        // serving the group's appends first is a valid order.
+        // Erasures read the committed store: they come after the group's appends (queued requests
+        // are concurrent, so that is a valid order), in the same write when the group is appends
+        // that touch none of their orders (one fsync for both), else in a write of their own right
+        // after it (one more fsync for all of them), never one write each.
         let mut erasures: Vec<(String, Reply<Option<ErasureReceipt>>)> = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -240,7 +241,24 @@ pub(crate) fn run(
             }
         }
         if !planned.is_empty() {
-            let committed = commit_group(&shared, plan, planned, meta_ops, requests, &write_opts);
+            let joins_group = meta_ops.is_empty()
+                && planned.iter().all(|p| matches!(p, Planned::Append(..)))
+                && !erasures.iter().any(|(id, _)| plan.touches_order(id));
+            let with = if joins_group {
+                std::mem::take(&mut erasures)
+            } else {
+                Vec::new()
+            };
+            let committed = commit_group(
+                &shared,
+                plan,
+                planned,
+                meta_ops,
+                requests,
+                with,
+                received_at,
+                &write_opts,
+            );
             if committed {
                 last_received = received_at;
             }
@@ -254,10 +272,12 @@ pub(crate) fn run(
     }
 }
 
+type Erasure = (String, Reply<Option<ErasureReceipt>>);
+
 /// Answers a batch of erasures, committed in one write.
 fn erase_batch(
     shared: &Shared,
-    erasures: Vec<(String, Reply<Option<ErasureReceipt>>)>,
+    erasures: Vec<Erasure>,
     at: Timestamp,
     opts: &WriteOptions,
 ) -> bool {
@@ -271,99 +291,156 @@ fn erase_batch(
     match crate::removal::erase_many(shared, &ids, at, opts) {
         Ok(results) => {
             let wrote = results.iter().any(|r| matches!(r, Ok(Some(_))));
-            for ((_, reply), result) in erasures.into_iter().zip(results) {
-                reply(result);
-            }
+            answer_erasures(erasures, results);
             wrote
         }
         Err(e) => {
             if let Error::Poisoned(reason) = &e {
                 let _ = shared.poisoned.set(reason.clone());
             }
-            for (_, reply) in erasures {
-                reply(Err(match &e {
-                    Error::Poisoned(r) => Error::Poisoned(r.clone()),
-                    Error::ReadOnly(r) => Error::ReadOnly(r.clone()),
-                    other => Error::Corrupt(format!("the erasure failed: {other}")),
-                }));
-            }
+            fail_erasures(erasures, &e);
             false
         }
     }
 }
 
-/// Commits a planned group and answers its requests. Returns whether it was written.
+fn answer_erasures(erasures: Vec<Erasure>, results: crate::removal::Receipts) {
+    for ((_, reply), result) in erasures.into_iter().zip(results) {
+        reply(result);
+    }
+}
+
+/// Answers erasures that failed as a whole (their batch could not be read or written).
+fn fail_erasures(erasures: Vec<Erasure>, e: &Error) {
+    for (_, reply) in erasures {
+        reply(Err(match e {
+            Error::Poisoned(r) => Error::Poisoned(r.clone()),
+            Error::ReadOnly(r) => Error::ReadOnly(r.clone()),
+            other => Error::Corrupt(format!("the erasure failed: {other}")),
+        }));
+    }
+}
+
+/// Commits a planned group and answers its requests, with `erasures` staged after it in the same
+/// write (the caller checked that the group touches none of their orders). Returns whether it was
+/// written.
+#[allow(clippy::too_many_arguments)]
 fn commit_group(
     shared: &Shared,
     plan: GroupPlan,
     planned: Vec<Planned>,
     mut meta_ops: Vec<Op>,
     requests: usize,
+    erasures: Vec<Erasure>,
+    received_at: Timestamp,
     write_opts: &WriteOptions,
 ) -> bool {
+    let events = plan.event_count();
+    let bytes = plan.bytes();
+    // The group's LSNs start right after the committed store's.
+    let log_end = Lsn(shared.stats.read().expect("stats lock").last_lsn.0 + 1);
+    let (mut ops, stats, new_events) = plan.finish();
+    ops.append(&mut meta_ops);
+    let started = Instant::now();
+    let mut batch = WriteBatch::default();
+    // The erasures' part of the batch first (it touches none of the group's keys but the stats,
+    // which go last): when staging fails half-way, the batch starts over without it.
+    let mut staged_erasures = None;
+    if !erasures.is_empty() {
+        let ids: Vec<String> = erasures.iter().map(|(id, _)| id.clone()).collect();
+        let staged = crate::removal::stage_erasures(
+            shared,
+            &ids,
+            received_at,
+            stats.clone(),
+            log_end,
+            &mut batch,
+        );
+        match staged {
+            Ok((results, staged)) => staged_erasures = Some((erasures, results, staged)),
+            Err(e) => {
+                batch = WriteBatch::default();
+                fail_erasures(erasures, &e);
+            }
+        }
+    }
+    let staged = staged_erasures.as_ref().and_then(|(_, _, s)| s.as_ref());
+    // From before the write until the erasures are published: a purge must not see them written
+    // but not owed (see `Staged::publish`).
+    let purge_guard = staged.map(|_| shared.purge_lock.lock().expect("purge lock"));
+    let written = if events == 0
+        && staged.is_none()
+        && !planned.iter().any(Planned::writes_meta)
+        && ops.len() <= 1
     {
-        let events = plan.event_count();
-        let bytes = plan.bytes();
-        let (mut ops, stats, new_events) = plan.finish();
-        ops.append(&mut meta_ops);
-        let started = Instant::now();
-        let written = if events == 0 && !planned.iter().any(Planned::writes_meta) && ops.len() <= 1
-        {
-            // Only duplicates of committed events (or mode changes): nothing new to make durable.
-            Ok(())
-        } else {
-            write_group(&shared.db, ops, write_opts)
+        // Only duplicates of committed events (or mode changes): nothing new to make durable.
+        Ok(())
+    } else {
+        let stats = match staged {
+            Some(s) => s.put_stats(shared, &mut batch).map_err(|e| e.to_string()),
+            None => Ok(()),
         };
-        let write_time = started.elapsed();
-        match written {
-            Ok(()) => {
-                let last_lsn = stats.last_lsn;
-                *shared.stats.write().expect("stats lock") = stats;
+        stats.and_then(|()| write_group(&shared.db, batch, ops, staged.is_some(), write_opts))
+    };
+    let write_time = started.elapsed();
+    match written {
+        Ok(()) => {
+            let last_lsn = stats.last_lsn;
+            *shared.stats.write().expect("stats lock") = stats;
+            {
+                // A late event below the retention sweep's cursor: the next step starts over.
+                let mut cursor = shared.sweep_cursor.lock().expect("cursor lock");
+                if let Some(c) = *cursor
+                    && new_events.iter().any(|e| {
+                        TimePos {
+                            at: e.event.occurred_at,
+                            lsn: e.lsn,
+                        } < c
+                    })
                 {
-                    // A late event below the retention sweep's cursor: the next step starts over.
-                    let mut cursor = shared.sweep_cursor.lock().expect("cursor lock");
-                    if let Some(c) = *cursor
-                        && new_events.iter().any(|e| {
-                            TimePos {
-                                at: e.event.occurred_at,
-                                lsn: e.lsn,
-                            } < c
-                        })
-                    {
-                        *cursor = None;
-                    }
+                    *cursor = None;
                 }
-                for p in &planned {
-                    if let Planned::Epoch(_, epoch, start) | Planned::Promote(_, epoch, start) = p {
-                        shared
-                            .epochs
-                            .write()
-                            .expect("epochs lock")
-                            .push((*epoch, *start));
-                    }
-                }
-                shared.commits.publish(&CommitInfo {
-                    last_lsn,
-                    events: events as u64,
-                    requests: requests as u64,
-                    bytes: bytes as u64,
-                    write_time,
-                    new_events: &new_events,
-                    removed: &[],
-                });
-                for p in planned {
-                    p.answer(Ok(last_lsn));
-                }
-                true
             }
-            Err(reason) => {
-                let _ = shared.poisoned.set(reason.clone());
-                let e = Error::Poisoned(reason);
-                for p in planned {
-                    p.answer(Err(&e));
+            for p in &planned {
+                if let Planned::Epoch(_, epoch, start) | Planned::Promote(_, epoch, start) = p {
+                    shared
+                        .epochs
+                        .write()
+                        .expect("epochs lock")
+                        .push((*epoch, *start));
                 }
-                false
             }
+            shared.commits.publish(&CommitInfo {
+                last_lsn,
+                events: events as u64,
+                requests: requests as u64,
+                bytes: bytes as u64,
+                write_time,
+                new_events: &new_events,
+                removed: &[],
+            });
+            for p in planned {
+                p.answer(Ok(last_lsn));
+            }
+            if let Some((erasures, results, staged)) = staged_erasures {
+                if let Some(staged) = staged {
+                    staged.publish(shared, write_time);
+                }
+                drop(purge_guard);
+                answer_erasures(erasures, results);
+            }
+            true
+        }
+        Err(reason) => {
+            let _ = shared.poisoned.set(reason.clone());
+            let e = Error::Poisoned(reason);
+            for p in planned {
+                p.answer(Err(&e));
+            }
+            if let Some((erasures, ..)) = staged_erasures {
+                fail_erasures(erasures, &e);
+            }
+            false
         }
     }
 }
@@ -573,12 +650,19 @@ fn lookup_newest_epoch(lookup: &DbLookup<'_>) -> Option<u64> {
 }
 
 /// Writes one group durably. Returns the failure as text: the caller poisons the engine with it.
-fn write_group(db: &DB, ops: Vec<Op>, opts: &WriteOptions) -> std::result::Result<(), String> {
+/// Writes `ops` with what `batch` holds; with `stats_staged`, the ops' own stats are left out: the
+/// batch holds newer ones (those after erasures staged to follow the group, see `commit_group`).
+fn write_group(
+    db: &DB,
+    mut batch: WriteBatch,
+    ops: Vec<Op>,
+    stats_staged: bool,
+    opts: &WriteOptions,
+) -> std::result::Result<(), String> {
     fail::fail_point!("engine::write_group", |_| Err(
         "injected write failure".to_owned()
     ));
     let handles = Cf::ALL.map(|cf| store::handle(db, cf));
-    let mut batch = WriteBatch::default();
     for op in ops {
         let (Op::Put(cf, ..) | Op::Delete(cf, _)) = &op;
         let Ok(h) = handles[Cf::ALL
@@ -589,6 +673,7 @@ fn write_group(db: &DB, ops: Vec<Op>, opts: &WriteOptions) -> std::result::Resul
             return Err(format!("column family {} is missing", cf.name()));
         };
         match op {
+            Op::Put(Cf::Meta, k, _) if stats_staged && k == keys::META_STATS => {}
             Op::Put(_, k, v) => batch.put_cf(h, k, v),
             Op::Delete(_, k) => batch.delete_cf(h, k),
         }
