@@ -21,7 +21,8 @@
 #             two runs' events, this separates the effect of that growth from the removals'
 # The load average is checked before each run only (the prefill raises it); a row whose phases saw
 # more than 0.3 cores used by anything but the server and trackload (others' jobs) is marked shared.
-# Settings (environment): STEP (the server's --retention-step-events, its default 10000), PAR
+# Settings (environment): STEP (the server's --retention-step-events, its default 10000), WRITER_PCT
+# (its --retention-writer-percent, unset: the server's default), PAR
 # (erasures in flight, 8) or ERASE_RATE (erasures per second, one at a time), ORDERS, OLD, SECS,
 # BIN (binaries; copy them out of target/ so that others' builds cannot swap them mid-run), W, PORT.
 set -euo pipefail
@@ -32,6 +33,7 @@ PORT=${PORT:-18097}
 ORDERS=${ORDERS:-10000}
 OLD=${OLD:-300000}
 STEP=${STEP:-10000}
+WRITER_PCT=${WRITER_PCT:-} # the server's --retention-writer-percent; unset: its default
 PAR=${PAR:-8}
 ERASE_RATE=${ERASE_RATE:-} # erasures per second, one at a time; unset: as fast as PAR in flight allow
 SECS=${SECS:-30}
@@ -83,7 +85,7 @@ run_once() { # N
   D=$W/run-$n
   rm -rf "$D"; mkdir -p "$D"
   M=()
-  meta config "\"STEP=$STEP $([ -n "$ERASE_RATE" ] && echo "ERASE_RATE=$ERASE_RATE" || echo "PAR=$PAR")\""
+  meta config "\"STEP=$STEP${WRITER_PCT:+ WRITER_PCT=$WRITER_PCT} $([ -n "$ERASE_RATE" ] && echo "ERASE_RATE=$ERASE_RATE" || echo "PAR=$PAR")\""
   local lq
   lq=$(quiet) # an assignment alone, so that set -e sees quiet's failure
   meta load_quiet "$lq"
@@ -109,7 +111,8 @@ run_once() { # N
   local spawn events_before
   meta load_protect "$(load)"
   spawn=$(now)
-  P=$(server --retention-days 30 --retention-interval-ms "$DELAY_MS" --retention-step-events "$STEP")
+  P=$(server --retention-days 30 --retention-interval-ms "$DELAY_MS" --retention-step-events "$STEP" \
+    ${WRITER_PCT:+--retention-writer-percent "$WRITER_PCT"})
   events_before=$(stat_of events)
   python3 "$H" sample "$URL" "$P" "$D/protect.samples" & S=$!
   /usr/bin/time -f '%U %S' -o "$D/protect.time" "$BIN/trackload" ingest --url "$URL" --connections 64 \
@@ -175,6 +178,6 @@ run_once() { # N
 }
 
 mkdir -p "$W"
-echo "trackstore $(stat -c %y "$BIN/trackstore" | cut -d. -f1), $(date -u +%FT%TZ), ORDERS=$ORDERS OLD=$OLD STEP=$STEP PAR=$PAR ERASE_RATE=$ERASE_RATE SECS=$SECS DELAY_MS=$DELAY_MS"
+echo "trackstore $(stat -c %y "$BIN/trackstore" | cut -d. -f1), $(date -u +%FT%TZ), ORDERS=$ORDERS OLD=$OLD STEP=$STEP WRITER_PCT=$WRITER_PCT PAR=$PAR ERASE_RATE=$ERASE_RATE SECS=$SECS DELAY_MS=$DELAY_MS"
 python3 "$H" header
 for n in $(seq "${1:-2}"); do run_once "$n"; done

@@ -94,6 +94,7 @@ pub struct Config {
 /// Defaults of the maintenance keys.
 const RETENTION_INTERVAL_MS: u64 = 60_000;
 const RETENTION_STEP_EVENTS: usize = 10_000;
+const RETENTION_WRITER_PERCENT: u32 = 5;
 const PURGE_INTERVAL_MS: u64 = 24 * 3600 * 1000;
 
 /// Every bound of the front end. Documented in docs/limits.md.
@@ -149,6 +150,7 @@ impl Default for Config {
                 retention: None,
                 retention_interval: Duration::from_millis(RETENTION_INTERVAL_MS),
                 retention_step_events: RETENTION_STEP_EVENTS,
+                retention_writer_percent: RETENTION_WRITER_PERCENT,
                 purge_interval: Some(Duration::from_millis(PURGE_INTERVAL_MS)),
             },
             durability: Durability::Sync,
@@ -252,6 +254,14 @@ pub struct Flags {
     /// Events removed per retention step (one short write each), 1..=100000. Default 10000.
     #[arg(long, env = "TRACKSTORE_RETENTION_STEP_EVENTS")]
     pub retention_step_events: Option<usize>,
+    /// The most of the engine's writer a retention sweep takes, in percent (1..=50): after each step
+    /// it pauses long enough to stay under it. Default 5.
+    #[arg(
+        long,
+        env = "TRACKSTORE_RETENTION_WRITER_PERCENT",
+        value_name = "PERCENT"
+    )]
+    pub retention_writer_percent: Option<u32>,
     /// Purge (rewrite removed data off the disk) at most this often when something was erased or
     /// expired since the last purge; 0: only on `POST /v1/admin/purge`. Default 86400000 (a day).
     #[arg(long, env = "TRACKSTORE_PURGE_INTERVAL_MS")]
@@ -297,6 +307,7 @@ pub struct File {
     pub retention_days: Option<u32>,
     pub retention_interval_ms: Option<u64>,
     pub retention_step_events: Option<usize>,
+    pub retention_writer_percent: Option<u32>,
     pub purge_interval_ms: Option<u64>,
     #[serde(default)]
     pub tokens: Vec<TokenEntry>,
@@ -431,6 +442,10 @@ impl Config {
                     .retention_step_events
                     .or(file.retention_step_events)
                     .unwrap_or(d.maintenance.retention_step_events),
+                retention_writer_percent: f
+                    .retention_writer_percent
+                    .or(file.retention_writer_percent)
+                    .unwrap_or(d.maintenance.retention_writer_percent),
                 purge_interval: match f.purge_interval_ms.or(file.purge_interval_ms) {
                     Some(0) => None,
                     Some(v) => Some(ms(v)),
@@ -486,6 +501,9 @@ impl Config {
         let step_max = trackstore_engine::limits::REMOVAL_EVENTS_MAX;
         if m.retention_step_events == 0 || m.retention_step_events > step_max {
             return bad(format!("retention_step_events must be 1..={step_max}"));
+        }
+        if !(1..=50).contains(&m.retention_writer_percent) {
+            return bad("retention_writer_percent must be 1..=50".into());
         }
         if l.header_read_timeout.is_zero() || l.request_timeout.is_zero() {
             return bad("timeouts must be positive".into());

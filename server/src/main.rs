@@ -7,6 +7,13 @@ use anyhow::Context;
 use clap::Parser;
 use trackstore_server::config::{Config, Flags, LogFormat};
 
+/// mimalloc rather than glibc's malloc: after a retention step (tens of MB allocated and freed at
+/// once) glibc's small allocations took its slow path for the rest of the run; the writer spent a
+/// fifth of its time in malloc and ingest ran at ~75% of its plain figure between steps
+/// (bench/RESULTS.md, issue 6).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let flags = Flags::parse();
     let config = match Config::resolve(flags) {

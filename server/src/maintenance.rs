@@ -19,11 +19,6 @@ use crate::metrics::Metrics;
 
 /// Pause between two retention steps, at least: leaves the writer to client appends.
 const RETENTION_STEP_PAUSE: Duration = Duration::from_millis(20);
-/// A retention step occupies the engine's single writer (and a core: each removed event costs about
-/// as much as 3-4 ingested ones, measured in bench/RESULTS.md); after each step the sweep pauses
-/// this many times the step's duration, so that it takes at most 1/(1+N) of the writer (10% for 9).
-/// A sweep need only outpace the day's ingest on average (10M events a day is 116/s).
-const RETENTION_PAUSE_FACTOR: u32 = 9;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaintenanceConfig {
@@ -31,6 +26,11 @@ pub struct MaintenanceConfig {
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
     pub retention_step_events: usize,
+    /// A retention step occupies the engine's single writer (each removed event costs about as much
+    /// as 3-4 ingested ones, bench/RESULTS.md); after each one the sweep pauses so that it takes at
+    /// most this percentage of the writer's time. A sweep need only outpace the day's ingest on
+    /// average (10M events a day is 116/s); at 5% it removes about 2,000 events/s.
+    pub retention_writer_percent: u32,
     /// Purge after removals at most this often; None: only on demand.
     pub purge_interval: Option<Duration>,
 }
@@ -120,8 +120,7 @@ impl Maintenance {
                     total += r.events;
                     self.metrics.retention_events.inc_by(r.events);
                     self.metrics.retention_orders.inc_by(r.orders);
-                    let pause =
-                        (started.elapsed() * RETENTION_PAUSE_FACTOR).max(RETENTION_STEP_PAUSE);
+                    let pause = step_pause(started.elapsed(), self.config.retention_writer_percent);
                     tokio::time::sleep(pause).await;
                 }
                 Ok(Ok(_)) => break,
@@ -176,6 +175,12 @@ impl Maintenance {
     }
 }
 
+/// The pause after a step that took `took`, so that steps take at most `percent`% of the time.
+fn step_pause(took: Duration, percent: u32) -> Duration {
+    let percent = percent.clamp(1, 100);
+    (took * (100 - percent) / percent).max(RETENTION_STEP_PAUSE)
+}
+
 /// Clears the running flag when the purge task ends, however it ends.
 struct PurgeRunning(Arc<AtomicBool>);
 
@@ -191,4 +196,20 @@ fn ok_label() -> crate::metrics::OutcomeLabels {
 
 fn failed_label() -> crate::metrics::OutcomeLabels {
     crate::metrics::OutcomeLabels { outcome: "failed" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_take_at_most_their_share_of_the_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(step_pause(ms(100), 5), ms(1_900));
+        assert_eq!(step_pause(ms(100), 10), ms(900));
+        assert_eq!(step_pause(ms(100), 50), ms(100));
+        // Short steps still leave the writer a moment.
+        assert_eq!(step_pause(ms(1), 50), RETENTION_STEP_PAUSE);
+        assert_eq!(step_pause(ms(10), 100), RETENTION_STEP_PAUSE);
+    }
 }
