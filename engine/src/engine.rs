@@ -46,8 +46,10 @@ pub struct CommitInfo<'a> {
     pub events: u64,
     pub requests: u64,
     pub bytes: u64,
-    /// Time of the `WriteBatch` write including the WAL sync.
-    pub write_time: Duration,
+    /// Time of the `WriteBatch` write including the WAL sync. None when this commit shared the write
+    /// of the commit published just before it (erasures staged into a group's write): the write
+    /// happened, and was timed, once.
+    pub write_time: Option<Duration>,
     /// The group's new events in LSN order.
     pub new_events: &'a [StoredEvent],
     /// LSNs of events removed by this commit (erasure, retention): subscribers and caches must forget

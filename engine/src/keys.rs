@@ -94,6 +94,27 @@ pub fn by_order_upper_bound(order_id: &str) -> Vec<u8> {
     k
 }
 
+/// The `by_order` prefix extractor (RocksDB's prefix Bloom filter): a key's order part, terminator
+/// included. Only for keys [`by_order_key_has_prefix`] accepts; idempotent, as RocksDB requires.
+pub fn by_order_key_prefix(key: &[u8]) -> &[u8] {
+    match key.iter().position(|&b| b == ORDER_TERMINATOR) {
+        Some(end) => &key[..=end],
+        None => key,
+    }
+}
+
+/// Whether a key has an order part (every `by_order` key and prefix; not the upper bound).
+pub fn by_order_key_has_prefix(key: &[u8]) -> bool {
+    key.contains(&ORDER_TERMINATOR)
+}
+
+/// The greatest key an order can have: seeking back from it finds the order's last event.
+pub fn by_order_last(order_id: &str) -> Vec<u8> {
+    let mut k = by_order_prefix(order_id);
+    k.extend_from_slice(&[0xFF; 16]);
+    k
+}
+
 pub fn decode_by_order(key: &[u8]) -> Result<(&str, TimePos), KeyError> {
     const F: &str = "by_order";
     if key.len() < 18 || key[key.len() - 17] != ORDER_TERMINATOR {
@@ -233,6 +254,22 @@ mod tests {
 
     fn status() -> impl Strategy<Value = Status> {
         proptest::sample::select(Status::ALL.to_vec())
+    }
+
+    proptest! {
+        #[test]
+        fn the_by_order_prefix_extractor_gives_the_order_part(id in order_id(), pos in time_pos()) {
+            let key = by_order(&id, pos);
+            let prefix = by_order_prefix(&id);
+            prop_assert!(by_order_key_has_prefix(&key));
+            prop_assert_eq!(by_order_key_prefix(&key), &prefix[..]);
+            prop_assert!(by_order_key_has_prefix(&prefix));
+            prop_assert_eq!(by_order_key_prefix(&prefix), &prefix[..]);
+            let last = by_order_last(&id);
+            prop_assert_eq!(by_order_key_prefix(&last), &prefix[..]);
+            prop_assert!(key <= last && last < by_order_upper_bound(&id));
+            prop_assert!(!by_order_key_has_prefix(&by_order_upper_bound(&id)));
+        }
     }
 
     #[test]

@@ -179,13 +179,14 @@ impl Engine {
             None => None,
         };
         let db = self.db();
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
-        ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
-        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
+        let mut it = db.raw_iterator_cf_opt(
+            store::handle(db, Cf::ByOrder)?,
+            store::one_order_read_options(order_id),
+        );
+        // Every seek key holds the order prefix, so that the prefix Bloom filter applies.
         match (direction, after) {
-            (Direction::Asc, None) => it.seek_to_first(),
-            (Direction::Desc, None) => it.seek_to_last(),
+            (Direction::Asc, None) => it.seek(keys::by_order_prefix(order_id)),
+            (Direction::Desc, None) => it.seek_for_prev(keys::by_order_last(order_id)),
             (Direction::Asc, Some(pos)) => {
                 let k = keys::by_order(order_id, pos);
                 it.seek(&k);

@@ -290,11 +290,11 @@ fn sorted_lsns(victims: &[StoredEvent]) -> Vec<Lsn> {
 /// Every event of the order, bounded by `REMOVAL_EVENTS_MAX`.
 fn order_events(shared: &Shared, order_id: &str) -> Result<Vec<StoredEvent>> {
     let db = &shared.db;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
-    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
-    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
-    it.seek_to_first();
+    let mut it = db.raw_iterator_cf_opt(
+        store::handle(db, Cf::ByOrder)?,
+        store::one_order_read_options(order_id),
+    );
+    it.seek(keys::by_order_prefix(order_id));
     let mut out = Vec::new();
     while let Some(v) = it.value() {
         if out.len() >= REMOVAL_EVENTS_MAX {
@@ -334,7 +334,7 @@ fn commit_many(
         .db
         .write_opt(batch, opts)
         .map_err(|e| Error::Poisoned(format!("removal failed: {e}")))?;
-    staged.publish(shared, started.elapsed());
+    staged.publish(shared, Some(started.elapsed()));
     Ok(())
 }
 
@@ -366,7 +366,7 @@ impl Staged {
 
     /// Makes the written removals visible in memory and tells subscribers. The caller holds the
     /// purge lock from before the write (a purge must not see the removal written but not owed).
-    pub(crate) fn publish(self, shared: &Shared, write_time: std::time::Duration) {
+    pub(crate) fn publish(self, shared: &Shared, write_time: Option<std::time::Duration>) {
         *shared.stats.write().expect("stats lock") = self.stats;
         if let Some((first, anchor)) = self.trim {
             *shared.trim_anchor.write().expect("anchor lock") = Some((Lsn(first.0 - 1), anchor));
@@ -601,11 +601,11 @@ fn recompute(
     keep: &impl Fn(Lsn) -> bool,
 ) -> Result<Option<OrderState>> {
     let db = &shared.db;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
-    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
-    let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
-    it.seek_to_first();
+    let mut it = db.raw_iterator_cf_opt(
+        store::handle(db, Cf::ByOrder)?,
+        store::one_order_read_options(order_id),
+    );
+    it.seek(keys::by_order_prefix(order_id));
     let mut events = Vec::new();
     while let Some(v) = it.value() {
         let e = codec::decode_event(v)?;

@@ -4,10 +4,11 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    LruCacheOptions, Options,
+    LruCacheOptions, Options, ReadOptions, SliceTransform,
 };
 
 use crate::error::{Error, Result};
+use crate::keys;
 
 /// The column families, in the order of [`Cf::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +80,20 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
             table.set_bloom_filter(10.0, false);
             table.set_whole_key_filtering(true);
             o.set_memtable_whole_key_filtering(true);
+            o.set_memtable_prefix_bloom_ratio(0.05);
+        }
+        // Timelines seek one order's keys. Without a filter a seek reads a data block in every
+        // level and L0 file (to find where the key would be), although one order's events are
+        // usually in one or two of them: a Bloom filter on the order prefix skips the rest
+        // (bench/RESULTS.md). Prefix only: nothing reads single `by_order` keys on a hot path.
+        Cf::ByOrder => {
+            table.set_bloom_filter(10.0, false);
+            table.set_whole_key_filtering(false);
+            o.set_prefix_extractor(SliceTransform::create(
+                "trackstore.by_order.order_prefix",
+                keys::by_order_key_prefix,
+                Some(keys::by_order_key_has_prefix),
+            ));
             o.set_memtable_prefix_bloom_ratio(0.05);
         }
         _ => {}
@@ -153,6 +168,24 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
         .iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache, tuning)));
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// Read options for iterating the `by_order` keys of one order: bounded to the order, and in prefix
+/// mode (the prefix Bloom filter skips files without the order). Seek with keys that hold the order
+/// prefix (`keys::by_order_prefix`, `keys::by_order_last`, ...).
+pub fn one_order_read_options(order_id: &str) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(keys::by_order_prefix(order_id));
+    ro.set_iterate_upper_bound(keys::by_order_upper_bound(order_id));
+    ro.set_prefix_same_as_start(true);
+    ro
+}
+
+/// Read options for a scan of a whole column family, across `by_order`'s prefixes too.
+pub fn full_scan_read_options() -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_total_order_seek(true);
+    ro
 }
 
 pub fn handle(db: &DB, cf: Cf) -> Result<&ColumnFamily> {

@@ -40,7 +40,7 @@ impl VerifyReport {
 }
 
 fn count_entries(db: &DB, cf: Cf) -> Result<u64> {
-    let mut it = db.raw_iterator_cf(store::handle(db, cf)?);
+    let mut it = db.raw_iterator_cf_opt(store::handle(db, cf)?, store::full_scan_read_options());
     it.seek_to_first();
     let mut n = 0;
     while it.valid() {

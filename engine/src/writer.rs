@@ -415,7 +415,7 @@ fn commit_group(
                 events: events as u64,
                 requests: requests as u64,
                 bytes: bytes as u64,
-                write_time,
+                write_time: Some(write_time),
                 new_events: &new_events,
                 removed: &[],
             });
@@ -424,7 +424,7 @@ fn commit_group(
             }
             if let Some((erasures, results, staged)) = staged_erasures {
                 if let Some(staged) = staged {
-                    staged.publish(shared, write_time);
+                    staged.publish(shared, None);
                 }
                 drop(purge_guard);
                 answer_erasures(erasures, results);

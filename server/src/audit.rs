@@ -22,9 +22,9 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Serialize, Serializer};
@@ -143,8 +143,8 @@ pub enum Persist {
     NoFsync,
 }
 
-/// The handle to the audit log; cheap to clone. The writer thread stops once every handle is gone
-/// and the queue is written.
+/// The handle to the audit log; cheap to clone. The writer thread stops after [`Audit::close`] (or
+/// once every handle is gone) when the queue is written.
 #[derive(Clone, Debug)]
 pub struct Audit {
     inner: Arc<Inner>,
@@ -153,7 +153,9 @@ pub struct Audit {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    queue: tokio::sync::mpsc::Sender<Job>,
+    /// None once closed: later records are refused.
+    queue: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// One record for the writer thread, and where its outcome goes.
@@ -174,13 +176,32 @@ impl Audit {
         })?;
         let (queue, jobs) = tokio::sync::mpsc::channel(AUDIT_QUEUE_RECORDS_MAX);
         let (file, dir) = (path.clone(), data_dir.to_owned());
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("trackstore-audit".into())
             .spawn(move || write_batches(&file, &dir, jobs))
             .map_err(|e| AuditError::Worker(format!("cannot start the audit writer: {e}")))?;
         Ok(Audit {
-            inner: Arc::new(Inner { path, queue }),
+            inner: Arc::new(Inner {
+                path,
+                queue: Mutex::new(Some(queue)),
+                writer: Mutex::new(Some(writer)),
+            }),
         })
+    }
+
+    /// Refuses new records and waits (at most `timeout`) until every record queued before is
+    /// written: the last step of a shutdown, so that a record queued by a request that was cut off
+    /// (request timeout, end of the grace period) is not lost when the process exits. Returns
+    /// whether the writer finished in time.
+    pub async fn close(&self, timeout: std::time::Duration) -> bool {
+        drop(self.inner.queue.lock().expect("audit queue lock").take());
+        let Some(writer) = self.inner.writer.lock().expect("audit writer lock").take() else {
+            return true;
+        };
+        // The writer ends once the queue is drained and the senders cloned by appends in flight
+        // are gone.
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        matches!(tokio::time::timeout(timeout, joined).await, Ok(Ok(Ok(()))))
     }
 
     pub fn path(&self) -> &Path {
@@ -211,8 +232,9 @@ impl Audit {
         line.push(b'\n');
         let (done, outcome) = tokio::sync::oneshot::channel();
         let gone = || AuditError::Worker("the audit writer stopped".into());
-        self.inner
-            .queue
+        let queue = self.inner.queue.lock().expect("audit queue lock").clone();
+        queue
+            .ok_or_else(|| AuditError::Worker("the audit log is closed (shutting down)".into()))?
             .send(Job {
                 line,
                 persist,
@@ -410,6 +432,41 @@ mod tests {
             .collect();
         targets.sort_unstable();
         assert_eq!(targets, (0..n).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_writes_every_queued_record_then_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::open(dir.path()).unwrap();
+        // Records queued by callers that went away before their answer (requests cut off at
+        // shutdown): nobody waits for them but `close`.
+        let n = AUDIT_BATCH_RECORDS_MAX * 3;
+        {
+            let queue = audit.inner.queue.lock().unwrap().clone().unwrap();
+            for i in 0..n {
+                let r = AuditRecord::new("ops", "DELETE /v1/orders/x", &format!("t{i}"), 200u16);
+                let mut line = serde_json::to_vec(&r).unwrap();
+                line.push(b'\n');
+                let (done, _gone) = tokio::sync::oneshot::channel();
+                queue
+                    .send(Job {
+                        line,
+                        persist: Persist::Fsync,
+                        done,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(audit.close(std::time::Duration::from_secs(30)).await);
+        let text = std::fs::read_to_string(audit.path()).unwrap();
+        assert_eq!(text.lines().count(), n, "every queued record is written");
+        let e = audit.record("ops", "x", "after", 200u16).await.unwrap_err();
+        assert!(e.to_string().contains("closed"), "{e}");
+        assert!(
+            audit.close(std::time::Duration::from_secs(1)).await,
+            "twice is fine"
+        );
     }
 
     #[tokio::test]

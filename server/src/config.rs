@@ -582,4 +582,16 @@ mod tests {
         let zero = flags(&["--replication-snapshot-min-lsn", "0"]);
         assert!(Config::merge(zero, File::default()).is_err());
     }
+
+    #[test]
+    fn the_retention_writer_share_is_1_to_50_percent() {
+        assert_eq!(Config::default().maintenance.retention_writer_percent, 5);
+        for (arg, ok) in [("0", false), ("1", true), ("50", true), ("51", false)] {
+            let c = Config::merge(flags(&["--retention-writer-percent", arg]), File::default());
+            assert_eq!(c.is_ok(), ok, "--retention-writer-percent {arg}");
+        }
+        let file: File = toml::from_str("retention_writer_percent = 20").unwrap();
+        let c = Config::merge(Flags::default(), file).unwrap();
+        assert_eq!(c.maintenance.retention_writer_percent, 20);
+    }
 }

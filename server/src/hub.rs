@@ -170,7 +170,7 @@ mod tests {
             events: events.len() as u64,
             requests: 1,
             bytes: 0,
-            write_time: Duration::ZERO,
+            write_time: Some(Duration::ZERO),
             new_events: events,
             removed: &[],
         });

@@ -389,11 +389,13 @@ impl Metrics {
 
     /// Called on the engine's writer thread after each group commit: counters only, no blocking.
     pub fn observe_commit(&self, info: &CommitInfo<'_>) {
-        if info.requests > 0 {
+        // A commit that shared the previous one's write is not a write of its own.
+        if let Some(write_time) = info.write_time
+            && info.requests > 0
+        {
             self.commit_group_events.observe(info.events as f64);
             self.commit_group_requests.observe(info.requests as f64);
-            self.commit_write_seconds
-                .observe(info.write_time.as_secs_f64());
+            self.commit_write_seconds.observe(write_time.as_secs_f64());
         }
     }
 

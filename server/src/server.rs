@@ -19,6 +19,9 @@ use crate::metrics::Metrics;
 use crate::net::{self, Shared};
 use crate::tls;
 
+/// How long shutdown waits for the audit writer to write what is queued.
+const AUDIT_DRAIN_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("opening the store in {dir}: {source}")]
@@ -231,7 +234,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             Arc::new(crate::auth::Auth::new(
                 &config.auth,
                 metrics.clone(),
-                Some(audit),
+                Some(audit.clone()),
             )),
         ),
         limits: limits.clone(),
@@ -296,6 +299,10 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         Err(_) => tracing::warn!(
             "engine still referenced at exit (a straggling stream); its writes are durable already"
         ),
+    }
+    // Last: records of admin requests cut off above are written before the process exits.
+    if !audit.close(AUDIT_DRAIN_MAX).await {
+        tracing::warn!("the audit log writer did not finish in time; records may be missing");
     }
     tracing::info!("stopped");
     Ok(())
