@@ -1,7 +1,7 @@
 //! Reads. They run on the caller's thread, straight on RocksDB, each on one snapshot so that an index
 //! and the values it points to agree. Paged queries return an opaque cursor (see `cursor`).
 
-use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions};
+use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, ReadTier};
 
 use crate::codec;
 use crate::cursor::CursorKind;
@@ -23,6 +23,13 @@ use crate::time::Timestamp;
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+}
+
+/// The answer of a read restricted to memory, or the news that it needs the disk.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InMemory<T> {
+    Answered(T),
+    NeedsDisk,
 }
 
 /// Timeline direction by (`occurred_at`, LSN).
@@ -139,6 +146,22 @@ impl Engine {
         }
     }
 
+    /// The current state of an order if it can be answered from memory (memtables and block
+    /// cache) without waiting for the disk; `NeedsDisk` otherwise. An async caller answers hits on
+    /// its own thread and sends only misses to a blocking pool: the hand-off costs more CPU than the
+    /// cached read itself.
+    pub fn order_state_in_memory(&self, order_id: &str) -> Result<InMemory<Option<OrderState>>> {
+        let db = self.db();
+        let mut ro = ReadOptions::default();
+        ro.set_read_tier(ReadTier::BlockCache);
+        match db.get_pinned_cf_opt(store::handle(db, Cf::Orders)?, order_id.as_bytes(), &ro) {
+            Ok(Some(v)) => Ok(InMemory::Answered(Some(codec::decode_state(&v)?))),
+            Ok(None) => Ok(InMemory::Answered(None)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(InMemory::NeedsDisk),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The event stored at `lsn`.
     pub fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
         let db = self.db();
@@ -165,6 +188,32 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<StoredEvent>> {
+        match self.timeline_page(order_id, direction, limit, cursor, ReadTier::All)? {
+            InMemory::Answered(page) => Ok(page),
+            InMemory::NeedsDisk => unreachable!("a read allowed to use the disk always answers"),
+        }
+    }
+
+    /// `order_timeline` if memory holds the page, like `order_state_in_memory`.
+    pub fn order_timeline_in_memory(
+        &self,
+        order_id: &str,
+        direction: Direction,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<InMemory<Page<StoredEvent>>> {
+        self.timeline_page(order_id, direction, limit, cursor, ReadTier::BlockCache)
+    }
+
+    fn timeline_page(
+        &self,
+        order_id: &str,
+        direction: Direction,
+        limit: usize,
+        cursor: Option<&str>,
+        tier: ReadTier,
+    ) -> Result<InMemory<Page<StoredEvent>>> {
+        let memory_only = matches!(tier, ReadTier::BlockCache);
         check_limit(limit)?;
         let kind = match direction {
             Direction::Asc => CursorKind::TimelineAsc,
@@ -179,10 +228,9 @@ impl Engine {
             None => None,
         };
         let db = self.db();
-        let mut it = db.raw_iterator_cf_opt(
-            store::handle(db, Cf::ByOrder)?,
-            store::one_order_read_options(order_id),
-        );
+        let mut ro = store::one_order_read_options(order_id);
+        ro.set_read_tier(tier);
+        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
         // Every seek key holds the order prefix, so that the prefix Bloom filter applies.
         match (direction, after) {
             (Direction::Asc, None) => it.seek(keys::by_order_prefix(order_id)),
@@ -211,7 +259,12 @@ impl Engine {
                 Direction::Desc => it.prev(),
             }
         }
-        it.status()?;
+        match it.status() {
+            Err(e) if memory_only && e.kind() == rocksdb::ErrorKind::Incomplete => {
+                return Ok(InMemory::NeedsDisk);
+            }
+            status => status?,
+        }
         let next_cursor = match items.last() {
             Some(last) if it.valid() => {
                 let pos = TimePos {
@@ -226,7 +279,7 @@ impl Engine {
             }
             _ => None,
         };
-        Ok(Page { items, next_cursor })
+        Ok(InMemory::Answered(Page { items, next_cursor }))
     }
 
     /// Events of every order with `from <= occurred_at < to`, by (`occurred_at`, LSN).

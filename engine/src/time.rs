@@ -129,18 +129,29 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Digit by digit into a fixed buffer: `write!` with padded integers took 4% of the CPU of
+        // an order read (every state and event carries timestamps).
         let ms = self.0;
         let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
         let (y, m, d) = civil_from_days(days);
         let secs = ms_of_day / 1_000;
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            secs / 3_600,
-            secs / 60 % 60,
-            secs % 60,
-            ms_of_day % 1_000
-        )
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        for (range, value) in [
+            (0..4, y),
+            (5..7, i64::from(m)),
+            (8..10, i64::from(d)),
+            (11..13, secs / 3_600),
+            (14..16, secs / 60 % 60),
+            (17..19, secs % 60),
+            (20..23, ms_of_day % 1_000),
+        ] {
+            let mut v = value; // within 0..=9999 by the range of `Timestamp`
+            for digit in text[range].iter_mut().rev() {
+                *digit = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        f.write_str(std::str::from_utf8(&text).expect("ASCII digits"))
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use proptest::prelude::*;
 use trackstore_engine::{
-    Direction, Engine, EngineOptions, Error, Event, LogEntry, Lsn, OrderState, Outcome, Status,
-    StoredEvent, TimeRange, Timestamp,
+    Direction, Engine, EngineOptions, Error, Event, InMemory, LogEntry, Lsn, OrderState, Outcome,
+    Status, StoredEvent, TimeRange, Timestamp,
 };
 
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -275,6 +275,15 @@ fn check_all(engine: &Engine, model: &Model, page_size: usize) {
     for o in 0..6 {
         let id = format!("o-{o}");
         let got = engine.order_state(&id).expect("order_state");
+        // The memory-only read answers the same (the store is in memory after the full read), or
+        // nothing at all.
+        match engine
+            .order_state_in_memory(&id)
+            .expect("order_state_in_memory")
+        {
+            InMemory::Answered(s) => assert_eq!(s, got, "in-memory state of {id}"),
+            InMemory::NeedsDisk => {}
+        }
         assert_eq!(
             got.as_ref().map(state_tuple),
             model.state(&id),
@@ -296,6 +305,18 @@ fn check_all(engine: &Engine, model: &Model, page_size: usize) {
             want.into_iter().rev().collect::<Vec<_>>(),
             "timeline desc of {id}"
         );
+        for direction in [Direction::Asc, Direction::Desc] {
+            let full = engine
+                .order_timeline(&id, direction, page_size, None)
+                .expect("timeline");
+            match engine
+                .order_timeline_in_memory(&id, direction, page_size, None)
+                .expect("timeline in memory")
+            {
+                InMemory::Answered(page) => assert_eq!(page, full, "in-memory timeline of {id}"),
+                InMemory::NeedsDisk => {}
+            }
+        }
     }
     // Orders by status, with and without a carrier filter.
     for status in Status::ALL {
@@ -555,4 +576,55 @@ fn timelines_of_orders_sharing_id_prefixes_across_files() {
     );
     let report = engine.verify().expect("verify");
     assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn memory_only_order_reads_wait_for_the_disk_only_when_the_block_is_not_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+    let events: Vec<Event> = (0..50)
+        .map(|n| Event {
+            event_id: format!("m-{n}"),
+            order_id: format!("o-{}", n % 5),
+            ..event_for(0, 0)
+        })
+        .collect();
+    engine.append(events).expect("append");
+    // In the memtable: answered.
+    let want = engine.order_state("o-1").expect("read");
+    assert!(want.is_some());
+    assert_eq!(
+        engine.order_state_in_memory("o-1").expect("read"),
+        InMemory::Answered(want.clone())
+    );
+    engine.flush().expect("flush");
+    engine.close();
+    // Reopened: the state is in an SST whose data block no read has cached yet.
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("reopen");
+    assert_eq!(
+        engine.order_state_in_memory("o-1").expect("read"),
+        InMemory::NeedsDisk
+    );
+    assert_eq!(
+        engine
+            .order_timeline_in_memory("o-2", Direction::Desc, 3, None)
+            .expect("read"),
+        InMemory::NeedsDisk
+    );
+    assert_eq!(engine.order_state("o-1").expect("read"), want);
+    assert_eq!(
+        engine.order_state_in_memory("o-1").expect("read"),
+        InMemory::Answered(want)
+    );
+    let timeline = |e: &Engine| e.order_timeline_in_memory("o-2", Direction::Desc, 3, None);
+    let full = engine
+        .order_timeline("o-2", Direction::Desc, 3, None)
+        .expect("timeline");
+    assert_eq!(full.items.len(), 3);
+    assert_eq!(timeline(&engine).expect("read"), InMemory::Answered(full));
+    // A missing order is answered too once its block is cached (same block as the others here).
+    assert_eq!(
+        engine.order_state_in_memory("o-9").expect("read"),
+        InMemory::Answered(None)
+    );
 }

@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use trackstore_engine::event::{BodyFormat, check_id, parse_request};
 use trackstore_engine::{
-    Direction, Engine, LogEntry, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
+    Direction, Engine, InMemory, LogEntry, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
 };
 
 use crate::config::Limits;
@@ -534,9 +534,16 @@ async fn order_state(
 ) -> Result<Response, Problem> {
     Params::from(q)?.finish()?;
     order_id_param(&order_id)?;
-    let engine = app.engine.clone();
-    let id = order_id.clone();
-    let state = blocking(move || engine.order_state(&id).map_err(Problem::from)).await?;
+    // Answered on this thread when memory holds it (the common case: a few microseconds), on the
+    // blocking pool only when it waits for the disk.
+    let state = match app.engine.order_state_in_memory(&order_id)? {
+        InMemory::Answered(state) => state,
+        InMemory::NeedsDisk => {
+            let engine = app.engine.clone();
+            let id = order_id.clone();
+            blocking(move || engine.order_state(&id).map_err(Problem::from)).await?
+        }
+    };
     match state {
         Some(s) => Ok(axum::Json(s.to_json()).into_response()),
         None => Err(Problem::not_found(format!("no order {order_id:?}"))),
@@ -558,13 +565,23 @@ async fn timeline(
     };
     p.finish()?;
     order_id_param(&order_id)?;
-    let engine = app.engine.clone();
-    let page = blocking(move || {
-        engine
-            .order_timeline(&order_id, direction, limit, cursor.as_deref())
-            .map_err(Problem::from)
-    })
-    .await?;
+    let cursor = cursor.as_deref();
+    let page = match app
+        .engine
+        .order_timeline_in_memory(&order_id, direction, limit, cursor)?
+    {
+        InMemory::Answered(page) => page,
+        InMemory::NeedsDisk => {
+            let engine = app.engine.clone();
+            let cursor = cursor.map(str::to_owned);
+            blocking(move || {
+                engine
+                    .order_timeline(&order_id, direction, limit, cursor.as_deref())
+                    .map_err(Problem::from)
+            })
+            .await?
+        }
+    };
     Ok(
         axum::Json(json!({"events": events_json(&page.items), "next_cursor": page.next_cursor}))
             .into_response(),
