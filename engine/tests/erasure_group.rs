@@ -182,3 +182,83 @@ fn an_erasure_of_an_order_the_group_writes_to_gets_its_own_write_after_it() {
     engine.close();
     scenario.teardown();
 }
+
+#[test]
+fn a_failed_shared_write_fails_the_appends_and_the_erasures_and_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = fail::FailScenario::setup();
+    {
+        let engine = open(dir.path());
+        // x: LSNs 1-3, y: LSNs 4-5.
+        for (i, order) in ["x", "x", "x", "y", "y"].iter().enumerate() {
+            engine
+                .append(vec![event(&format!("e{i}"), order, i as i64)])
+                .expect("append");
+        }
+        // The erasure of y is written alone (held); the append to b and the erasure of x queue
+        // behind it and share the next write, which fails.
+        let writes = count_writes(Duration::from_millis(1_000));
+        let (erased_y, appended_b, erased_x) = std::thread::scope(|s| {
+            let y = s.spawn(|| engine.erase_order("y"));
+            until_held(&writes);
+            let b = s.spawn(|| engine.append(vec![event("b1", "b", 100)]));
+            let x = s.spawn(|| engine.erase_order("x"));
+            // Still inside the held write: from the next write on, writing fails.
+            fail::cfg("engine::write_group", "return").expect("failpoint");
+            (
+                y.join().expect("thread"),
+                b.join().expect("thread"),
+                x.join().expect("thread"),
+            )
+        });
+        fail::remove("engine::write_group");
+        let erased_y = erased_y.expect("erase y").expect("y found");
+        assert_eq!(erased_y.lsn, Lsn(6));
+        let b = appended_b.expect_err("the shared write failed");
+        let x = erased_x.expect_err("the shared write failed");
+        for e in [&b, &x] {
+            assert!(matches!(e, trackstore_engine::Error::Poisoned(_)), "{e:?}");
+        }
+        check_failed_group(&engine);
+        // Poisoned: no write is taken any more, reads go on.
+        assert!(engine.poisoned().is_some());
+        assert!(engine.erase_order("x").is_err());
+        engine.close();
+    }
+    // Nothing of the failed write survives a reopen; the erasure before it does. (Still inside
+    // the scenario: its lock keeps the other tests' failpoint callbacks from counting these writes.)
+    let engine = open(dir.path());
+    assert!(engine.poisoned().is_none());
+    check_failed_group(&engine);
+    let b = created(&engine.append(vec![event("b1", "b", 100)]).expect("append"));
+    assert_eq!(b, Lsn(7), "the failed write took no LSN");
+    let erased_x = engine.erase_order("x").expect("erase").expect("x found");
+    assert_eq!((erased_x.lsn, erased_x.events), (Lsn(8), 3));
+    engine.close();
+    scenario.teardown();
+}
+
+/// The store after the erasure of y committed and the write of b and of x's erasure failed.
+fn check_failed_group(engine: &Engine) {
+    assert!(engine.order_state("y").expect("read").is_none());
+    assert!(engine.order_state("b").expect("read").is_none());
+    assert_eq!(
+        engine
+            .order_state("x")
+            .expect("read")
+            .expect("x stays")
+            .event_count,
+        3
+    );
+    let stats = engine.stats();
+    assert_eq!((stats.events, stats.orders, stats.last_lsn), (3, 1, Lsn(6)));
+    let lsns: Vec<Lsn> = engine
+        .read_log(Lsn(1), 100)
+        .expect("read log")
+        .iter()
+        .map(LogEntry::lsn)
+        .collect();
+    // x's events, y's (erased: tombstones or gone), y's erasure; nothing after it.
+    assert_eq!(lsns[..3], [Lsn(1), Lsn(2), Lsn(3)]);
+    assert_eq!(lsns.last(), Some(&Lsn(6)));
+}
