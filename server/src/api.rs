@@ -270,6 +270,13 @@ async fn method_not_allowed(req: Request) -> Problem {
     )
 }
 
+fn count_read_from_disk(app: &App, query: &'static str) {
+    app.metrics
+        .reads_from_disk
+        .get_or_create(&crate::metrics::QueryLabels { query })
+        .inc();
+}
+
 /// Runs a blocking engine call on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
@@ -539,6 +546,7 @@ async fn order_state(
     let state = match app.engine.order_state_in_memory(&order_id)? {
         InMemory::Answered(state) => state,
         InMemory::NeedsDisk => {
+            count_read_from_disk(&app, "order_state");
             let engine = app.engine.clone();
             let id = order_id.clone();
             blocking(move || engine.order_state(&id).map_err(Problem::from)).await?
@@ -572,6 +580,7 @@ async fn timeline(
     {
         InMemory::Answered(page) => page,
         InMemory::NeedsDisk => {
+            count_read_from_disk(&app, "timeline");
             let engine = app.engine.clone();
             let cursor = cursor.map(str::to_owned);
             blocking(move || {

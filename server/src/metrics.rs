@@ -33,6 +33,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    pub query: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -92,6 +97,8 @@ pub struct Metrics {
     /// Orders erased through the API on this node.
     pub erasures: Counter,
     pub erased_events: Counter,
+    /// Order reads memory could not answer (block-cache misses), sent to the blocking pool.
+    pub reads_from_disk: Family<QueryLabels, Counter>,
     /// Retention: events and whole orders removed by this node's sweeps.
     pub retention_events: Counter,
     pub retention_orders: Counter,
@@ -156,6 +163,7 @@ impl Metrics {
             epoch: Gauge::default(),
             erasures: Counter::default(),
             erased_events: Counter::default(),
+            reads_from_disk: Family::default(),
             retention_events: Counter::default(),
             retention_orders: Counter::default(),
             purges: Family::default(),
@@ -296,6 +304,12 @@ impl Metrics {
             "erasures",
             "Orders erased by DELETE /v1/orders/{order_id} on this node",
             m.erasures.clone(),
+        );
+        r.register(
+            "reads_from_disk",
+            "Order state and timeline reads that memtables and block cache could not answer, \
+             run on the blocking pool, by query (order_state, timeline)",
+            m.reads_from_disk.clone(),
         );
         r.register(
             "erased_events",

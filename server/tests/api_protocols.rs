@@ -704,13 +704,16 @@ async fn sigterm_exits_zero_and_acknowledged_events_survive_a_restart() {
         event("s-1", "s-o-1", "dispatched", base),
         &[("carrier", json!("van-9"))],
     );
-    let state_before = {
+    let (state_before, timeline_before) = {
         let mut client = server.client(Proto::H2).await;
         client
             .post_json("/v1/events", &e)
             .await
             .expect_json(200, "ingest before SIGTERM");
-        client.get_json("/v1/orders/s-o-1").await
+        (
+            client.get_json("/v1/orders/s-o-1").await,
+            client.get_json("/v1/orders/s-o-1/events").await,
+        )
     };
     let status = server.stop();
     assert!(
@@ -721,7 +724,27 @@ async fn sigterm_exits_zero_and_acknowledged_events_survive_a_restart() {
     server.restart();
     let mut client = server.client(Proto::H3).await;
     assert_eq!(client.get("/readyz").await.status.as_u16(), 200);
+    // The first reads after the restart find nothing cached (the memtables were flushed at
+    // shutdown): they take the blocking path.
+    assert_eq!(
+        client.get_json("/v1/orders/s-o-1/events").await,
+        timeline_before
+    );
     assert_eq!(client.get_json("/v1/orders/s-o-1").await, state_before);
+    let metrics = client.get("/metrics").await.text();
+    for query in ["order_state", "timeline"] {
+        let sample = format!("trackstore_reads_from_disk_total{{query=\"{query}\"}} ");
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .unwrap_or_else(|| panic!("no {sample:?} in /metrics:\n{metrics}"))
+            .parse()
+            .expect("a count");
+        assert!(
+            count >= 1,
+            "the {query} read after the restart came from disk"
+        );
+    }
     let body = client
         .post_json("/v1/events", &e)
         .await
