@@ -262,6 +262,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Commands waiting for the writer thread (appends, erasures, epoch changes), not counting the
+    /// group it is committing.
+    pub fn writer_queue_len(&self) -> usize {
+        self.tx.as_ref().map_or(0, Sender::len)
+    }
+
     fn sender(&self) -> Result<&Sender<Command>> {
         if let Some(reason) = self.shared.poisoned.get() {
             return Err(Error::Poisoned(reason.clone()));

@@ -31,6 +31,12 @@ pub const PAGE_LIMIT_MAX: usize = 10_000;
 /// than `limit` (even empty) while `next_cursor` still points further: the bound keeps every request's
 /// cost finite.
 pub const SCAN_ENTRIES_PER_PAGE_MAX: usize = 100_000;
+/// Memory-only reads (`*_in_memory`, run by async callers on their own threads): the largest page
+/// they answer, and the internal keys (tombstones of erased or expired events, older versions) a
+/// memory-only iterator may skip before it gives up. Beyond either, they answer `NeedsDisk` and
+/// the caller takes the blocking path: the work an async worker does stays small.
+pub const IN_MEMORY_PAGE_LIMIT_MAX: usize = 100;
+pub const IN_MEMORY_SKIPPED_KEYS_MAX: u64 = 1_000;
 /// Log entries returned by one `read_log` call, and their encoded bytes.
 pub const READ_LOG_ENTRIES_MAX: usize = 10_000;
 pub const READ_LOG_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -39,6 +45,7 @@ pub const REQUEST_ERRORS_LISTED_MAX: usize = 100;
 
 const _: () = assert!(GROUP_EVENTS_MAX >= EVENTS_PER_REQUEST_MAX);
 const _: () = assert!(SCAN_ENTRIES_PER_PAGE_MAX >= PAGE_LIMIT_MAX);
+const _: () = assert!(IN_MEMORY_PAGE_LIMIT_MAX <= PAGE_LIMIT_MAX);
 const _: () = assert!(
     ID_BYTES_MAX < 256,
     "ids are length-prefixed with one byte in some values"

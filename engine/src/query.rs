@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 use crate::event::{Lsn, Status, StoredEvent};
 use crate::keys::{self, TimePos};
 use crate::limits::{
-    PAGE_LIMIT_MAX, READ_LOG_BYTES_MAX, READ_LOG_ENTRIES_MAX, SCAN_ENTRIES_PER_PAGE_MAX,
+    IN_MEMORY_PAGE_LIMIT_MAX, IN_MEMORY_SKIPPED_KEYS_MAX, PAGE_LIMIT_MAX, READ_LOG_BYTES_MAX,
+    READ_LOG_ENTRIES_MAX, SCAN_ENTRIES_PER_PAGE_MAX,
 };
 use crate::state::OrderState;
 use crate::store::{self, Cf};
@@ -132,6 +133,16 @@ fn scan_and_fetch<P: Clone, T>(
     }
 }
 
+/// Read options that never wait for the disk: RocksDB answers `Incomplete` for data outside the
+/// memtables and block cache, and for an iterator that would skip more than
+/// `IN_MEMORY_SKIPPED_KEYS_MAX` internal keys; obsolete files an iterator's cleanup releases are
+/// deleted by a background thread.
+fn memory_only(ro: &mut ReadOptions) {
+    ro.set_read_tier(ReadTier::BlockCache);
+    ro.set_max_skippable_internal_keys(IN_MEMORY_SKIPPED_KEYS_MAX);
+    ro.set_background_purge_on_iterator_cleanup(true);
+}
+
 impl Engine {
     fn db(&self) -> &DB {
         &self.shared.db
@@ -149,11 +160,12 @@ impl Engine {
     /// The current state of an order if it can be answered from memory (memtables and block
     /// cache) without waiting for the disk; `NeedsDisk` otherwise. An async caller answers hits on
     /// its own thread and sends only misses to a blocking pool: the hand-off costs more CPU than the
-    /// cached read itself.
+    /// cached read itself. RocksDB never does I/O for such a read (it answers `Incomplete`), and the
+    /// file deletions an iterator's cleanup can trigger are left to a background thread.
     pub fn order_state_in_memory(&self, order_id: &str) -> Result<InMemory<Option<OrderState>>> {
         let db = self.db();
         let mut ro = ReadOptions::default();
-        ro.set_read_tier(ReadTier::BlockCache);
+        memory_only(&mut ro);
         match db.get_pinned_cf_opt(store::handle(db, Cf::Orders)?, order_id.as_bytes(), &ro) {
             Ok(Some(v)) => Ok(InMemory::Answered(Some(codec::decode_state(&v)?))),
             Ok(None) => Ok(InMemory::Answered(None)),
@@ -188,13 +200,15 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<StoredEvent>> {
-        match self.timeline_page(order_id, direction, limit, cursor, ReadTier::All)? {
+        match self.timeline_page(order_id, direction, limit, cursor, false)? {
             InMemory::Answered(page) => Ok(page),
             InMemory::NeedsDisk => unreachable!("a read allowed to use the disk always answers"),
         }
     }
 
-    /// `order_timeline` if memory holds the page, like `order_state_in_memory`.
+    /// `order_timeline` if memory holds the page, like `order_state_in_memory`; pages over
+    /// `IN_MEMORY_PAGE_LIMIT_MAX` events, and pages behind more than `IN_MEMORY_SKIPPED_KEYS_MAX`
+    /// removed entries, always answer `NeedsDisk`.
     pub fn order_timeline_in_memory(
         &self,
         order_id: &str,
@@ -202,7 +216,10 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<InMemory<Page<StoredEvent>>> {
-        self.timeline_page(order_id, direction, limit, cursor, ReadTier::BlockCache)
+        if limit > IN_MEMORY_PAGE_LIMIT_MAX {
+            return Ok(InMemory::NeedsDisk);
+        }
+        self.timeline_page(order_id, direction, limit, cursor, true)
     }
 
     fn timeline_page(
@@ -211,9 +228,8 @@ impl Engine {
         direction: Direction,
         limit: usize,
         cursor: Option<&str>,
-        tier: ReadTier,
+        in_memory: bool,
     ) -> Result<InMemory<Page<StoredEvent>>> {
-        let memory_only = matches!(tier, ReadTier::BlockCache);
         check_limit(limit)?;
         let kind = match direction {
             Direction::Asc => CursorKind::TimelineAsc,
@@ -229,7 +245,9 @@ impl Engine {
         };
         let db = self.db();
         let mut ro = store::one_order_read_options(order_id);
-        ro.set_read_tier(tier);
+        if in_memory {
+            memory_only(&mut ro);
+        }
         let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
         // Every seek key holds the order prefix, so that the prefix Bloom filter applies.
         match (direction, after) {
@@ -260,7 +278,7 @@ impl Engine {
             }
         }
         match it.status() {
-            Err(e) if memory_only && e.kind() == rocksdb::ErrorKind::Incomplete => {
+            Err(e) if in_memory && e.kind() == rocksdb::ErrorKind::Incomplete => {
                 return Ok(InMemory::NeedsDisk);
             }
             status => status?,

@@ -203,7 +203,21 @@ fn a_failed_shared_write_fails_the_appends_and_the_erasures_and_keeps_what_was_c
             until_held(&writes);
             let b = s.spawn(|| engine.append(vec![event("b1", "b", 100)]));
             let x = s.spawn(|| engine.erase_order("x"));
-            // Still inside the held write: from the next write on, writing fails.
+            // Both queued while the write of y is still held: they make the next group.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while engine.writer_queue_len() < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the append and the erasure never queued"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                writes.load(Ordering::SeqCst),
+                1,
+                "still inside the held write"
+            );
+            // From the next write on, writing fails.
             fail::cfg("engine::write_group", "return").expect("failpoint");
             (
                 y.join().expect("thread"),
@@ -259,6 +273,7 @@ fn check_failed_group(engine: &Engine) {
         .map(LogEntry::lsn)
         .collect();
     // x's events, y's (erased: tombstones or gone), y's erasure; nothing after it.
+    assert!(lsns.len() >= 4, "{lsns:?}");
     assert_eq!(lsns[..3], [Lsn(1), Lsn(2), Lsn(3)]);
     assert_eq!(lsns.last(), Some(&Lsn(6)));
 }

@@ -622,9 +622,42 @@ fn memory_only_order_reads_wait_for_the_disk_only_when_the_block_is_not_cached()
         .expect("timeline");
     assert_eq!(full.items.len(), 3);
     assert_eq!(timeline(&engine).expect("read"), InMemory::Answered(full));
-    // A missing order is answered too once its block is cached (same block as the others here).
+    // Bounded work: a page over the in-memory limit is never read in memory.
+    assert_eq!(
+        engine
+            .order_timeline_in_memory("o-2", Direction::Desc, 101, None)
+            .expect("read"),
+        InMemory::NeedsDisk
+    );
+    // A missing order is answered too (by the Bloom filter, pinned for L0 files, or the cached block).
     assert_eq!(
         engine.order_state_in_memory("o-9").expect("read"),
         InMemory::Answered(None)
     );
+}
+
+#[test]
+fn a_memory_only_timeline_gives_up_behind_many_removed_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+    let events: Vec<Event> = (0..1_500)
+        .map(|n| Event {
+            event_id: format!("t-{n}"),
+            order_id: "erased".to_owned(),
+            ..event_for(0, 0)
+        })
+        .collect();
+    engine.append(events).expect("append");
+    engine.erase_order("erased").expect("erase").expect("found");
+    // 1,500 deletions in the memtable stand before any answer: more than a memory-only read skips.
+    assert_eq!(
+        engine
+            .order_timeline_in_memory("erased", Direction::Asc, 10, None)
+            .expect("read"),
+        InMemory::NeedsDisk
+    );
+    let page = engine
+        .order_timeline("erased", Direction::Asc, 10, None)
+        .expect("read");
+    assert!(page.items.is_empty() && page.next_cursor.is_none());
 }

@@ -184,6 +184,13 @@ impl Metrics {
             m.request_seconds.clone(),
         );
         r.register(
+            "reads_from_disk",
+            "Order state and timeline reads run on the blocking pool: memtables and block cache \
+             could not answer them, or a timeline page was over the memory-only bounds (100 \
+             events, 1,000 skipped removed entries); by query (order_state, timeline)",
+            m.reads_from_disk.clone(),
+        );
+        r.register(
             "ingest_events",
             "Events acknowledged by POST /v1/events, by outcome (created, duplicate)",
             m.ingest_events.clone(),
@@ -304,12 +311,6 @@ impl Metrics {
             "erasures",
             "Orders erased by DELETE /v1/orders/{order_id} on this node",
             m.erasures.clone(),
-        );
-        r.register(
-            "reads_from_disk",
-            "Order state and timeline reads that memtables and block cache could not answer, \
-             run on the blocking pool, by query (order_state, timeline)",
-            m.reads_from_disk.clone(),
         );
         r.register(
             "erased_events",
