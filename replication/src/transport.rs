@@ -165,7 +165,7 @@ impl FrameReader {
                         "the stream ended inside a frame",
                     )));
                 }
-                Err(e) => return Err(ReplError::Connection(e.to_string())),
+                Err(e) => return Err(connection_error(&e)),
             }
         }
     }
@@ -174,5 +174,32 @@ impl FrameReader {
 pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), ReplError> {
     send.write_all(&frame.to_bytes())
         .await
-        .map_err(|e| ReplError::Connection(e.to_string()))
+        .map_err(|e| connection_error(&e))
+}
+
+/// A stream error with its causes ("connection lost: timed out"): quinn's stream errors name only
+/// their kind, the reason (the peer's close code, a timeout, a TLS alert) is their source.
+fn connection_error(e: &(dyn std::error::Error + 'static)) -> ReplError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ReplError::Connection(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_names_why_it_was_lost() {
+        let e = quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut);
+        match connection_error(&e) {
+            ReplError::Connection(text) => assert_eq!(text, "connection lost: timed out"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
