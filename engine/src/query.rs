@@ -143,6 +143,18 @@ fn memory_only(ro: &mut ReadOptions) {
     ro.set_background_purge_on_iterator_cleanup(true);
 }
 
+/// A memory-only read's result: RocksDB's `Incomplete` (the data is not in memory, or too many
+/// removed entries stand before it) means the read needs the blocking path.
+fn unless_incomplete<T>(read: Result<T>) -> Result<InMemory<T>> {
+    match read {
+        Ok(answer) => Ok(InMemory::Answered(answer)),
+        Err(Error::Storage(e)) if e.kind() == rocksdb::ErrorKind::Incomplete => {
+            Ok(InMemory::NeedsDisk)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Engine {
     fn db(&self) -> &DB {
         &self.shared.db
@@ -150,8 +162,12 @@ impl Engine {
 
     /// The current state of an order.
     pub fn order_state(&self, order_id: &str) -> Result<Option<OrderState>> {
+        self.state_with(order_id, &ReadOptions::default())
+    }
+
+    fn state_with(&self, order_id: &str, ro: &ReadOptions) -> Result<Option<OrderState>> {
         let db = self.db();
-        match db.get_pinned_cf(store::handle(db, Cf::Orders)?, order_id.as_bytes())? {
+        match db.get_pinned_cf_opt(store::handle(db, Cf::Orders)?, order_id.as_bytes(), ro)? {
             Some(v) => Ok(Some(codec::decode_state(&v)?)),
             None => Ok(None),
         }
@@ -163,15 +179,9 @@ impl Engine {
     /// cached read itself. RocksDB never does I/O for such a read (it answers `Incomplete`), and the
     /// file deletions an iterator's cleanup can trigger are left to a background thread.
     pub fn order_state_in_memory(&self, order_id: &str) -> Result<InMemory<Option<OrderState>>> {
-        let db = self.db();
         let mut ro = ReadOptions::default();
         memory_only(&mut ro);
-        match db.get_pinned_cf_opt(store::handle(db, Cf::Orders)?, order_id.as_bytes(), &ro) {
-            Ok(Some(v)) => Ok(InMemory::Answered(Some(codec::decode_state(&v)?))),
-            Ok(None) => Ok(InMemory::Answered(None)),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(InMemory::NeedsDisk),
-            Err(e) => Err(e.into()),
-        }
+        unless_incomplete(self.state_with(order_id, &ro))
     }
 
     /// The event stored at `lsn`.
@@ -200,10 +210,7 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<StoredEvent>> {
-        match self.timeline_page(order_id, direction, limit, cursor, false)? {
-            InMemory::Answered(page) => Ok(page),
-            InMemory::NeedsDisk => unreachable!("a read allowed to use the disk always answers"),
-        }
+        self.timeline_page(order_id, direction, limit, cursor, false)
     }
 
     /// `order_timeline` if memory holds the page, like `order_state_in_memory`; pages over
@@ -219,7 +226,7 @@ impl Engine {
         if limit > IN_MEMORY_PAGE_LIMIT_MAX {
             return Ok(InMemory::NeedsDisk);
         }
-        self.timeline_page(order_id, direction, limit, cursor, true)
+        unless_incomplete(self.timeline_page(order_id, direction, limit, cursor, true))
     }
 
     fn timeline_page(
@@ -229,7 +236,7 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
         in_memory: bool,
-    ) -> Result<InMemory<Page<StoredEvent>>> {
+    ) -> Result<Page<StoredEvent>> {
         check_limit(limit)?;
         let kind = match direction {
             Direction::Asc => CursorKind::TimelineAsc,
@@ -277,12 +284,7 @@ impl Engine {
                 Direction::Desc => it.prev(),
             }
         }
-        match it.status() {
-            Err(e) if in_memory && e.kind() == rocksdb::ErrorKind::Incomplete => {
-                return Ok(InMemory::NeedsDisk);
-            }
-            status => status?,
-        }
+        it.status()?;
         let next_cursor = match items.last() {
             Some(last) if it.valid() => {
                 let pos = TimePos {
@@ -297,7 +299,7 @@ impl Engine {
             }
             _ => None,
         };
-        Ok(InMemory::Answered(Page { items, next_cursor }))
+        Ok(Page { items, next_cursor })
     }
 
     /// Events of every order with `from <= occurred_at < to`, by (`occurred_at`, LSN).
