@@ -103,11 +103,64 @@ impl Shape {
     pub fn nth(&self, n: u64) -> Event {
         self.event(n / self.events_per_order, n % self.events_per_order)
     }
+
+    /// Event number `n` of a store filled as a delivery day arrives: `in_flight` orders at a time
+    /// (0: order after order, as `nth`), each step of them in a scattered order before the next
+    /// step, so that consecutive events (and a batch's keys) belong to unrelated orders. Every
+    /// order still gets its events in step order.
+    pub fn nth_interleaved(&self, n: u64, in_flight: u64) -> Event {
+        if in_flight == 0 {
+            return self.nth(n);
+        }
+        let per_block = in_flight * self.events_per_order;
+        let (block, i) = (n / per_block, n % per_block);
+        let (step, slot) = (i / in_flight, i % in_flight);
+        // A bijection of 0..in_flight when the multiplier is coprime to it: see `scatter`.
+        self.event(block * in_flight + scatter(slot, in_flight), step)
+    }
+}
+
+/// `slot * 7919 mod n`, made a bijection of `0..n` by stepping over the multiples that collide:
+/// 7,919 is prime, so it is coprime to every `n` it does not divide; for the others the slots map
+/// to themselves (still a bijection, just not scattered).
+fn scatter(slot: u64, n: u64) -> u64 {
+    const PRIME: u64 = 7_919;
+    if n.is_multiple_of(PRIME) {
+        slot
+    } else {
+        (slot as u128 * PRIME as u128 % n as u128) as u64
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaved_fill_gives_every_order_its_events_in_step_order() {
+        let shape = Shape {
+            events_per_order: 4,
+            ..Shape::default()
+        };
+        let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for n in 0..2 * 10 * 4 {
+            let e = shape.nth_interleaved(n, 10);
+            seen.entry(e.order_id).or_default().push(e.event_id);
+        }
+        assert_eq!(seen.len(), 20);
+        for (order, ids) in &seen {
+            let want: Vec<_> = (0..4)
+                .map(|step| shape.event(order[4..].parse().expect("n"), step).event_id)
+                .collect();
+            assert_eq!(ids, &want, "{order}");
+        }
+        // Consecutive events belong to different orders.
+        assert_ne!(
+            shape.nth_interleaved(0, 10).order_id,
+            shape.nth_interleaved(1, 10).order_id
+        );
+        assert_eq!(shape.nth_interleaved(7, 0), shape.nth(7));
+    }
 
     #[test]
     fn events_are_valid_and_deterministic() {

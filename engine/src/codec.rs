@@ -332,6 +332,20 @@ pub fn is_event(bytes: &[u8]) -> Result<bool, ValueError> {
     Ok(r.u8()? == KIND_EVENT)
 }
 
+/// The LSN a log value (as `encode_log_entry` made it) carries, from its header alone: what a
+/// reader that passes the value on undecoded (replication shipping) checks against the key.
+pub fn log_entry_lsn(bytes: &[u8]) -> Result<Lsn, ValueError> {
+    let mut r = Reader {
+        buf: bytes,
+        what: "log entry",
+    };
+    r.format()?;
+    match r.u8()? {
+        KIND_EVENT | KIND_ERASED | KIND_REMOVAL => Ok(Lsn(r.u64()?)),
+        _ => Err(r.err("unknown entry kind")),
+    }
+}
+
 pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, ValueError> {
     let mut r = Reader {
         buf: bytes,

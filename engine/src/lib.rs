@@ -54,7 +54,7 @@ pub use entry::{ErasureReceipt, ErasureRecord, LogEntry, Removal, RemovalKind, R
 pub use error::{Error, Result};
 pub use event::{Event, Location, Lsn, Status, StoredEvent};
 pub use plan::Outcome;
-pub use query::{Direction, InMemory, Page, TimeRange};
+pub use query::{Direction, EncodedEntries, InMemory, Page, TimeRange};
 pub use state::{OrderState, Stats};
 pub use time::Timestamp;
 pub use verify::VerifyReport;

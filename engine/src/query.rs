@@ -33,6 +33,9 @@ pub enum InMemory<T> {
     NeedsDisk,
 }
 
+/// Log entries as stored (`codec::encode_log_entry`'s bytes), each with its LSN.
+pub type EncodedEntries = Vec<(Lsn, Vec<u8>)>;
+
 /// Timeline direction by (`occurred_at`, LSN).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Direction {
@@ -454,6 +457,65 @@ impl Engine {
         )?;
         let next_cursor = resume.map(|id| sealer.seal(CursorKind::OrdersByStatus, &id, &binding));
         Ok(Page { items, next_cursor })
+    }
+
+    /// Up to `max` log entries from `from` on, in LSN order, as stored (the bytes of
+    /// `codec::encode_log_entry`), each with its LSN: for a reader that passes them on, such as
+    /// replication, which then neither decodes nor re-encodes them. Stops after the entry that
+    /// reaches `max_bytes` (so at least one entry when any follows `from`), and at
+    /// `READ_LOG_ENTRIES_MAX` entries or `READ_LOG_BYTES_MAX` bytes. Each value's header is checked
+    /// against its key; the caller checks that the LSNs follow `from` without a gap.
+    pub fn read_log_encoded(
+        &self,
+        from: Lsn,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<EncodedEntries> {
+        self.log_encoded_with(from, max, max_bytes, ReadOptions::default())
+    }
+
+    /// `read_log_encoded` if memory holds the entries, like `order_state_in_memory`: the entries a
+    /// replica asks for right after their commit are still in the memtables.
+    pub fn read_log_encoded_in_memory(
+        &self,
+        from: Lsn,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<InMemory<EncodedEntries>> {
+        let mut ro = ReadOptions::default();
+        memory_only(&mut ro);
+        unless_incomplete(self.log_encoded_with(from, max, max_bytes, ro))
+    }
+
+    fn log_encoded_with(
+        &self,
+        from: Lsn,
+        max: usize,
+        max_bytes: usize,
+        ro: ReadOptions,
+    ) -> Result<EncodedEntries> {
+        let max = max.min(READ_LOG_ENTRIES_MAX);
+        let max_bytes = max_bytes.min(READ_LOG_BYTES_MAX);
+        let db = self.db();
+        let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::Log)?, ro);
+        it.seek(keys::log(from));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max && bytes < max_bytes {
+            let Some((k, v)) = it.item() else { break };
+            let lsn = keys::decode_log(k)?;
+            let carried = codec::log_entry_lsn(v)?;
+            if carried != lsn {
+                return Err(Error::Corrupt(format!(
+                    "log key {lsn} holds the entry of LSN {carried}"
+                )));
+            }
+            bytes += v.len();
+            out.push((lsn, v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// Up to `max` log entries from `from` on, in LSN order (at most `READ_LOG_ENTRIES_MAX` entries and

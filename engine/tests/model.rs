@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use proptest::prelude::*;
 use trackstore_engine::{
     Direction, Engine, EngineOptions, Error, Event, InMemory, LogEntry, Lsn, OrderState, Outcome,
-    Status, StoredEvent, TimeRange, Timestamp,
+    Status, StoredEvent, TimeRange, Timestamp, codec,
 };
 
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -257,6 +257,34 @@ fn check_all(engine: &Engine, model: &Model, page_size: usize) {
         .collect();
     assert_eq!(got, want);
     assert_eq!(engine.first_lsn(), Lsn(model.trimmed as u64 + 1));
+    // The log as stored (what replication ships undecoded): the same entries, byte for byte, from
+    // any LSN, with the byte bound stopping after the entry that reaches it.
+    let encoded: Vec<(Lsn, Vec<u8>)> = log
+        .iter()
+        .map(|e| (e.lsn(), codec::encode_log_entry(e)))
+        .collect();
+    for skip in [0, encoded.len() / 2, encoded.len().saturating_sub(1)] {
+        let from = encoded.get(skip).map_or(Lsn(1), |(lsn, _)| *lsn);
+        let read = engine
+            .read_log_encoded(from, 10_000, usize::MAX)
+            .expect("read_log_encoded");
+        assert_eq!(read, encoded[skip..], "encoded log from {from}");
+        match engine
+            .read_log_encoded_in_memory(from, 10_000, usize::MAX)
+            .expect("read_log_encoded_in_memory")
+        {
+            InMemory::Answered(r) => assert_eq!(r, read, "in-memory encoded log from {from}"),
+            InMemory::NeedsDisk => {}
+        }
+        if let Some((_, first)) = encoded.get(skip) {
+            let bounded = engine
+                .read_log_encoded(from, 10_000, first.len())
+                .expect("read_log_encoded");
+            assert_eq!(bounded, encoded[skip..skip + 1], "bounded by bytes");
+            let two = engine.read_log_encoded(from, 2, usize::MAX).expect("read");
+            assert_eq!(two, encoded[skip..(skip + 2).min(encoded.len())], "two");
+        }
+    }
     let log: Vec<StoredEvent> = log.into_iter().filter_map(LogEntry::into_event).collect();
     // Stats.
     let stats = engine.stats();
@@ -597,6 +625,16 @@ fn memory_only_order_reads_wait_for_the_disk_only_when_the_block_is_not_cached()
         engine.order_state_in_memory("o-1").expect("read"),
         InMemory::Answered(want.clone())
     );
+    let log = engine
+        .read_log_encoded(Lsn(1), 100, usize::MAX)
+        .expect("log");
+    assert_eq!(log.len(), 50);
+    assert_eq!(
+        engine
+            .read_log_encoded_in_memory(Lsn(1), 100, usize::MAX)
+            .expect("read"),
+        InMemory::Answered(log.clone())
+    );
     engine.flush().expect("flush");
     engine.close();
     // Reopened: the state is in an SST whose data block no read has cached yet.
@@ -604,6 +642,19 @@ fn memory_only_order_reads_wait_for_the_disk_only_when_the_block_is_not_cached()
     assert_eq!(
         engine.order_state_in_memory("o-1").expect("read"),
         InMemory::NeedsDisk
+    );
+    // (The open itself reads the log's last block: the log read is no test of the disk path.)
+    assert_eq!(
+        engine
+            .read_log_encoded(Lsn(1), 100, usize::MAX)
+            .expect("read"),
+        log
+    );
+    assert_eq!(
+        engine
+            .read_log_encoded_in_memory(Lsn(1), 100, usize::MAX)
+            .expect("read"),
+        InMemory::Answered(log)
     );
     assert_eq!(
         engine

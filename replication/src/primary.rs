@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use trackstore_engine::store::Tuning;
-use trackstore_engine::{Engine, EngineOptions, Lsn, codec};
+use trackstore_engine::{EncodedEntries, Engine, EngineOptions, InMemory, Lsn};
 
 use crate::epochs::EpochHistory;
 use crate::frame::{
@@ -237,9 +237,7 @@ async fn session(
     let view = log_view(&engine);
     if let Some(reason) = engine.read_only_reason() {
         let fenced_by = engine.is_fenced().then(|| engine.known_epoch());
-        write_frame(&mut send, &Frame::Refused { reason, fenced_by }).await?;
-        let _ = send.finish();
-        return Ok(());
+        return refuse(&mut send, reason, fenced_by).await;
     }
     let terms = SnapshotTerms {
         replica_accepts: accepts_snapshot,
@@ -262,29 +260,9 @@ async fn session(
                 .await
                 .map_err(|e| ReplError::Protocol(e.to_string()))??;
             let reason = format!("this node was superseded by epoch {epoch} and stopped writes");
-            write_frame(
-                &mut send,
-                &Frame::Refused {
-                    reason,
-                    fenced_by: Some(epoch),
-                },
-            )
-            .await?;
-            let _ = send.finish();
-            return Ok(());
+            return refuse(&mut send, reason, Some(epoch)).await;
         }
-        HelloDecision::Refuse { reason } => {
-            write_frame(
-                &mut send,
-                &Frame::Refused {
-                    reason,
-                    fenced_by: None,
-                },
-            )
-            .await?;
-            let _ = send.finish();
-            return Ok(());
-        }
+        HelloDecision::Refuse { reason } => return refuse(&mut send, reason, None).await,
     };
     let prev_digest = if start_from.0 > 1 {
         let (e, at) = (engine.clone(), Lsn(start_from.0 - 1));
@@ -375,26 +353,20 @@ async fn ship(
         if let Some((epoch, end)) =
             session::next_batch(&history, next, last, BATCH_ENTRIES_MAX as u64)
         {
-            let (e, from) = (engine.clone(), next);
+            let from = next;
             let count = (end.0 - next.0 + 1) as usize;
-            let events = tokio::task::spawn_blocking(move || e.read_log(from, count))
-                .await
-                .map_err(|e| ReplError::Protocol(e.to_string()))??;
-            let mut entries = Vec::with_capacity(events.len());
+            let read = read_for_shipping(engine, from, count).await?;
+            let mut entries = Vec::with_capacity(read.len());
             let mut bytes = 0;
-            for (i, ev) in events.iter().enumerate() {
-                if ev.lsn() != Lsn(from.0 + i as u64) {
+            for (i, (lsn, value)) in read.into_iter().enumerate() {
+                if lsn != Lsn(from.0 + i as u64) {
                     return Err(ReplError::Protocol(format!(
                         "the log has a gap at LSN {}",
                         from.0 + i as u64
                     )));
                 }
-                let b = codec::encode_log_entry(ev);
-                bytes += b.len();
-                entries.push(Bytes::from(b));
-                if bytes >= BATCH_BYTES_MAX {
-                    break;
-                }
+                bytes += value.len();
+                entries.push(Bytes::from(value));
             }
             if entries.is_empty() {
                 return Err(ReplError::Protocol(format!(
@@ -450,6 +422,41 @@ async fn ship(
             }
         }
     }
+}
+
+/// The next entries to ship, as stored: no decode and re-encode. Entries a live replica asks for
+/// were committed a moment ago and are still in the memtables, so the read is answered on this
+/// async worker (it never does I/O); older entries (catch-up) are read on the blocking pool.
+async fn read_for_shipping(
+    engine: &Arc<Engine>,
+    from: Lsn,
+    count: usize,
+) -> Result<EncodedEntries, ReplError> {
+    if let InMemory::Answered(read) =
+        engine.read_log_encoded_in_memory(from, count, BATCH_BYTES_MAX)?
+    {
+        return Ok(read);
+    }
+    let e = engine.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || e.read_log_encoded(from, count, BATCH_BYTES_MAX))
+            .await
+            .map_err(|e| ReplError::Protocol(e.to_string()))??,
+    )
+}
+
+/// Answers a `Hello` with `Refused` and waits (bounded) until the replica has read it. Returning at
+/// once would drop the last handle of the connection, and quinn's implicit close discards stream
+/// data not sent yet: the replica would see only "connection lost", never the reason (nor set its
+/// `refused` status).
+async fn refuse(
+    send: &mut quinn::SendStream,
+    reason: String,
+    fenced_by: Option<u64>,
+) -> Result<(), ReplError> {
+    write_frame(send, &Frame::Refused { reason, fenced_by }).await?;
+    delivered(send).await;
+    Ok(())
 }
 
 /// The replica's frames: acknowledgements, and the switchover handshake.

@@ -271,19 +271,12 @@ async fn erasure_racing_with_ingest_of_the_same_order_keeps_exactly_the_later_ev
 async fn retention_removes_exactly_the_expired_events_and_replicates() {
     let certs = Certs::new(&["primary", "replica", "late"]);
     let (pp, rp, lp) = (free_udp_port(), free_udp_port(), free_udp_port());
-    let mut args = certs.args("primary", pp, None);
-    args.extend(
-        [
-            "--retention-days",
-            "30",
-            "--retention-interval-ms",
-            "200",
-            "--retention-step-events",
-            "700",
-        ]
-        .map(String::from),
-    );
-    let primary = Server::start_with(&refs(&args));
+    // The data goes in before retention is on. A sweep drops the log's prefix as soon as it removes
+    // LSN 1, and a running replica that has not received that prefix yet is refused for good (it
+    // cannot install a snapshot): with retention on from the start, a replica whose first session
+    // came after the first sweep step never left LSN 0. So the replica holds every entry first; then
+    // the primary restarts with retention on and the sweep's removals reach the replica by the log.
+    let mut primary = Server::start_with(&refs(&certs.args("primary", pp, None)));
     let replica = Server::start_with(&refs(&certs.args("replica", rp, Some(pp))));
     let mut pc = primary.client(Proto::H1).await;
     let mut rc = replica.client(Proto::H1).await;
@@ -304,6 +297,22 @@ async fn retention_removes_exactly_the_expired_events_and_replicates() {
         .await
         .expect_json(200, "ingest");
     ingest(&mut pc, "bulk", 0, 3_000, old).await;
+    wait_converged(&mut pc, &mut rc).await;
+    assert!(primary.stop().success());
+    let mut args = certs.args("primary", pp, None);
+    args.extend(
+        [
+            "--retention-days",
+            "30",
+            "--retention-interval-ms",
+            "200",
+            "--retention-step-events",
+            "700",
+        ]
+        .map(String::from),
+    );
+    primary.restart_with(&refs(&args));
+    pc = primary.client(Proto::H1).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let stats = pc.get_json("/v1/stats").await;
@@ -346,6 +355,11 @@ async fn retention_removes_exactly_the_expired_events_and_replicates() {
     wait_converged(&mut pc, &mut rc).await;
     let want = digest(&mut pc).await;
     assert_eq!(digest(&mut rc).await, want, "the replica differs");
+    assert_eq!(
+        admin(&mut rc).await["refused"],
+        Value::Null,
+        "the replica must not be refused"
+    );
 
     // The log no longer holds the expired prefix: a new replica cannot follow it from LSN 1 and is
     // bootstrapped from a snapshot instead, then follows the log.
@@ -366,4 +380,44 @@ async fn retention_removes_exactly_the_expired_events_and_replicates() {
         status["bootstrapped_from_snapshot"]["last_lsn"], swept_to,
         "the late replica starts from a snapshot at the primary's last LSN: {status}"
     );
+}
+
+/// A running replica that needs entries the primary's log no longer holds cannot install a snapshot:
+/// the primary refuses it, and the replica must show why (`refused`, with what to do), from its
+/// first refused session on, not a bare "connection lost" retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_replica_behind_the_log_start_is_told_why_it_is_refused() {
+    let certs = Certs::new(&["primary", "replica"]);
+    let (pp, rp) = (free_udp_port(), free_udp_port());
+    let mut args = certs.args("primary", pp, None);
+    args.extend(["--retention-days", "30", "--retention-interval-ms", "200"].map(String::from));
+    let primary = Server::start_with(&refs(&args));
+    // The replica makes its (empty) store, then is down while the sweep drops the log's prefix.
+    let mut replica = Server::start_with(&refs(&certs.args("replica", rp, Some(pp))));
+    assert!(replica.stop().success());
+    let mut pc = primary.client(Proto::H1).await;
+    ingest(&mut pc, "old", 0, 10, base_time(40 * 86_400_000)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pc.get_json("/v1/stats").await["events"] != 0 {
+        assert!(Instant::now() < deadline, "retention did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replica.restart();
+    let mut rc = replica.client(Proto::H1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        // `refused` is set before the session ends, `last_error` after: the first session decides.
+        let s = admin(&mut rc).await;
+        if s["last_error"].is_string() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no session ended: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refused = status["refused"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("must be rebuilt from a snapshot"),
+        "the replica was not told why: {status}"
+    );
+    assert_eq!(last_lsn(&mut rc).await, 0, "{status}");
 }

@@ -43,6 +43,11 @@ struct Args {
     /// Concurrent writers of the append grid.
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     writers: Vec<u64>,
+    /// Orders in flight while appending (fill and append grid): 0 appends order after order (each
+    /// batch holds a few orders' whole lifecycles: consecutive keys, the figures of the past runs);
+    /// N interleaves N orders, as a delivery day arrives (each batch holds unrelated orders).
+    #[arg(long, default_value_t = 0)]
+    interleave: u64,
     /// `nosync` acknowledges before fsync: for comparison only.
     #[arg(long, default_value = "sync")]
     durability: DurabilityArg,
@@ -139,7 +144,7 @@ fn append_grid(args: &Args) -> Result<()> {
             let threads: Vec<_> = (0..writers)
                 .map(|_| {
                     let (engine, next, stop) = (engine.clone(), next.clone(), stop.clone());
-                    let batches = prepared_batches(shape, move || {
+                    let batches = prepared_batches(shape, args.interleave, move || {
                         let first = next.fetch_add(batch, Ordering::Relaxed);
                         first..first + batch
                     });
@@ -182,12 +187,15 @@ fn append_grid(args: &Args) -> Result<()> {
 /// generator stops when the receiver is dropped.
 fn prepared_batches(
     shape: Shape,
+    interleave: u64,
     mut next_range: impl FnMut() -> std::ops::Range<u64> + Send + 'static,
 ) -> crossbeam_channel::Receiver<Vec<trackstore_engine::Event>> {
     let (tx, rx) = crossbeam_channel::bounded(2);
     std::thread::spawn(move || {
         loop {
-            let events: Vec<_> = next_range().map(|n| shape.nth(n)).collect();
+            let events: Vec<_> = next_range()
+                .map(|n| shape.nth_interleaved(n, interleave))
+                .collect();
             if events.is_empty() || tx.send(events).is_err() {
                 break;
             }
@@ -204,7 +212,7 @@ fn fill(args: &Args, store: &Path) -> Result<()> {
     let batch = 1_000u64;
     let total = args.events;
     let mut from = 0;
-    let batches = prepared_batches(shape, move || {
+    let batches = prepared_batches(shape, args.interleave, move || {
         let range = from..(from + batch).min(total);
         from = range.end;
         range
@@ -223,8 +231,12 @@ fn fill(args: &Args, store: &Path) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "\n## fill: {n} events in {secs:.1} s = {:.0} events/s (batches of 1000, one writer)",
-        n as f64 / secs
+        "\n## fill: {n} events in {secs:.1} s = {:.0} events/s (batches of 1000, one writer, {})",
+        n as f64 / secs,
+        match args.interleave {
+            0 => "order after order".to_owned(),
+            k => format!("{k} orders interleaved"),
+        }
     );
     engine.flush()?;
     Ok(())
