@@ -5,13 +5,14 @@
 //! sends one ([`bootstrap_if_empty`], before the engine opens).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
-use trackstore_engine::{Engine, Lsn};
+use trackstore_engine::{Engine, EngineOptions, Lsn};
 use trackstore_replication::primary::{self, PrimaryOptions, PrimaryState};
 use trackstore_replication::replica::{
     self, Bootstrap, Control, ReplicaOptions, ReplicaStatus, SnapshotInstalled,
@@ -83,7 +84,9 @@ pub async fn bootstrap_if_empty(
         // Not a replica, or one without a CA: `Replication::start` says what is missing.
         return Ok(None);
     };
-    if trackstore_engine::db_path(&config.data).exists() {
+    if trackstore_engine::db_path(&config.data).exists()
+        && !set_aside_if_empty(&config.data).await?
+    {
         return Ok(None);
     }
     tracing::info!(%primary, "no store yet: asking the primary for a snapshot");
@@ -111,6 +114,46 @@ pub async fn bootstrap_if_empty(
             "snapshot bootstrap from {primary} failed, nothing was installed: {e}"
         ))),
     }
+}
+
+/// A store that holds nothing (no log entry, no epoch after the first, no newer epoch heard of) is treated
+/// as no store: a replica created, then stopped before its first entry while its primary's retention
+/// or erasures dropped LSN 1, would otherwise be refused for good (a node with a store never installs
+/// a snapshot) and need an operator to move its directory aside. Moves such a store aside (an atomic
+/// rename, then deleted); leaves every other store untouched and answers false.
+async fn set_aside_if_empty(data: &Path) -> Result<bool, ServerError> {
+    let data = data.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<bool, ServerError> {
+        let runtime = |what: &str, e: &dyn std::fmt::Display| {
+            ServerError::Runtime(format!("{what} {}: {e}", data.display()))
+        };
+        let aside = data.join("db.empty");
+        // What a crash between the rename and the deletion below left.
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(|e| runtime("removing db.empty in", &e))?;
+        }
+        let engine = Engine::open(&data, EngineOptions::default())
+            .map_err(|e| runtime("opening the store in", &e))?;
+        // Epoch 1 from LSN 1 is where every store starts (a replica copies it from its primary's
+        // first session): no information. Any later epoch would be worth keeping, for fencing.
+        let empty = engine.last_lsn() == Lsn(0)
+            && engine.epoch_history().iter().all(|&e| e == (1, Lsn(1)))
+            && engine.known_epoch() <= 1;
+        engine.close();
+        if !empty {
+            return Ok(false);
+        }
+        tracing::info!(
+            "the store holds no entry yet: replacing it by a snapshot if the primary sends one"
+        );
+        std::fs::rename(trackstore_engine::db_path(&data), &aside)
+            .and_then(|()| std::fs::File::open(&data)?.sync_all())
+            .and_then(|()| std::fs::remove_dir_all(&aside))
+            .map_err(|e| runtime("setting aside the empty store in", &e))?;
+        Ok(true)
+    })
+    .await
+    .map_err(|e| ServerError::Runtime(e.to_string()))?
 }
 
 impl Replication {

@@ -382,11 +382,11 @@ async fn retention_removes_exactly_the_expired_events_and_replicates() {
     );
 }
 
-/// A running replica that needs entries the primary's log no longer holds cannot install a snapshot:
-/// the primary refuses it, and the replica must show why (`refused`, with what to do), from its
-/// first refused session on, not a bare "connection lost" retried forever.
+/// A replica whose store holds nothing yet, restarted after the primary's retention dropped LSN 1
+/// from the log, replaces its empty store by a snapshot and follows (before, it was refused for
+/// good: a node with a store never installs a snapshot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_running_replica_behind_the_log_start_is_told_why_it_is_refused() {
+async fn an_empty_replica_behind_the_log_start_bootstraps_from_a_snapshot_at_restart() {
     let certs = Certs::new(&["primary", "replica"]);
     let (pp, rp) = (free_udp_port(), free_udp_port());
     let mut args = certs.args("primary", pp, None);
@@ -402,8 +402,53 @@ async fn a_running_replica_behind_the_log_start_is_told_why_it_is_refused() {
         assert!(Instant::now() < deadline, "retention did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    ingest(&mut pc, "new", 0, 3, base_time(0)).await;
     replica.restart();
     let mut rc = replica.client(Proto::H1).await;
+    wait_converged(&mut pc, &mut rc).await;
+    assert_eq!(
+        digest(&mut rc).await,
+        digest(&mut pc).await,
+        "the replica differs"
+    );
+    let status = admin(&mut rc).await;
+    assert!(
+        status["bootstrapped_from_snapshot"]["last_lsn"].as_u64() > Some(0),
+        "the empty store was not replaced by a snapshot: {status}"
+    );
+    assert_eq!(status["refused"], Value::Null, "{status}");
+}
+
+/// A replica that holds entries but needs some the primary's log no longer holds cannot install a
+/// snapshot: the primary refuses it, and the replica must show why (`refused`, with what to do),
+/// from its first refused session on, not a bare "connection lost" retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_behind_the_log_start_is_told_why_it_is_refused() {
+    let certs = Certs::new(&["primary", "replica"]);
+    let (pp, rp) = (free_udp_port(), free_udp_port());
+    let mut primary = Server::start_with(&refs(&certs.args("primary", pp, None)));
+    let mut replica = Server::start_with(&refs(&certs.args("replica", rp, Some(pp))));
+    let mut pc = primary.client(Proto::H1).await;
+    let mut rc = replica.client(Proto::H1).await;
+    let old = base_time(40 * 86_400_000);
+    ingest(&mut pc, "early", 0, 5, old).await;
+    wait_converged(&mut pc, &mut rc).await;
+    assert!(replica.stop().success());
+    // While the replica is down: more old events, then a sweep removes them all and drops the log's
+    // prefix, past the replica's next LSN.
+    ingest(&mut pc, "later", 0, 10, old).await;
+    assert!(primary.stop().success());
+    let mut args = certs.args("primary", pp, None);
+    args.extend(["--retention-days", "30", "--retention-interval-ms", "200"].map(String::from));
+    primary.restart_with(&refs(&args));
+    pc = primary.client(Proto::H1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pc.get_json("/v1/stats").await["events"] != 0 {
+        assert!(Instant::now() < deadline, "retention did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replica.restart();
+    rc = replica.client(Proto::H1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         // `refused` is set before the session ends, `last_error` after: the first session decides.
@@ -419,5 +464,5 @@ async fn a_running_replica_behind_the_log_start_is_told_why_it_is_refused() {
         refused.contains("must be rebuilt from a snapshot"),
         "the replica was not told why: {status}"
     );
-    assert_eq!(last_lsn(&mut rc).await, 0, "{status}");
+    assert_eq!(last_lsn(&mut rc).await, 5, "{status}");
 }
