@@ -462,7 +462,7 @@ impl Engine {
     /// Up to `max` log entries from `from` on, in LSN order, as stored (the bytes of
     /// `codec::encode_log_entry`), each with its LSN: for a reader that passes them on, such as
     /// replication, which then neither decodes nor re-encodes them. Stops after the entry that
-    /// reaches `max_bytes` (so at least one entry when any follows `from`), and at
+    /// reaches `max_bytes` (so at least one entry when any follows `from` and `max_bytes > 0`), and at
     /// `READ_LOG_ENTRIES_MAX` entries or `READ_LOG_BYTES_MAX` bytes. Each value's header is checked
     /// against its key; the caller checks that the LSNs follow `from` without a gap.
     pub fn read_log_encoded(

@@ -55,7 +55,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     let spec = (0u8..40, prop_oneof![8 => Just(0u8), 1 => Just(1u8)]);
-    let request = proptest::collection::vec(spec, 1..8);
+    // Large requests read their lookups in a batch first (the writer's prefetch, from 16 events).
+    let request = prop_oneof![
+        3 => proptest::collection::vec(spec.clone(), 1..8),
+        1 => proptest::collection::vec(spec, 16..30),
+    ];
     prop_oneof![
         8 => request.clone().prop_map(Op::Append),
         3 => proptest::collection::vec(request, 2..8).prop_map(Op::Concurrent),

@@ -315,7 +315,9 @@ fn replica_op() -> impl Strategy<Value = ReplicaOp> {
         6 => request().prop_map(ReplicaOp::Append),
         2 => proptest::collection::vec(request(), 2..6).prop_map(ReplicaOp::Concurrent),
         1 => Just(ReplicaOp::Promote),
-        5 => (1usize..8, 1usize..4).prop_map(|(batch, rounds)| ReplicaOp::Ship { batch, rounds }),
+        // Batches from 16 entries read their lookups in one batch first (the writer's prefetch).
+        5 => (prop_oneof![3 => 1usize..8, 1 => 16usize..40], 1usize..4)
+            .prop_map(|(batch, rounds)| ReplicaOp::Ship { batch, rounds }),
         1 => Just(ReplicaOp::Resend),
         1 => Just(ReplicaOp::ReopenPrimary),
         1 => Just(ReplicaOp::ReopenReplica),
@@ -718,6 +720,15 @@ fn a_refused_batch_records_no_epoch() {
     assert!(matches!(err, Error::Diverged(_)), "{err:?}");
     // An id repeated inside the batch is refused the same way.
     let batch = vec![stored(2, 2, 0), stored(3, 2, 0)];
+    let err = replica.apply_replicated(batch, 2).expect_err("refused");
+    assert!(matches!(err, Error::Diverged(_)), "{err:?}");
+    // And in batches large enough for the writer to read their event ids in one batch first.
+    let mut batch: Vec<LogEntry> = (2..=20).map(|l| stored(l, 10 + l as u8, 0)).collect();
+    batch.push(stored(21, 1, 1));
+    let err = replica.apply_replicated(batch, 2).expect_err("refused");
+    assert!(matches!(err, Error::Diverged(_)), "{err:?}");
+    let mut batch: Vec<LogEntry> = (2..=20).map(|l| stored(l, 10 + l as u8, 0)).collect();
+    batch.push(stored(21, 12, 0));
     let err = replica.apply_replicated(batch, 2).expect_err("refused");
     assert!(matches!(err, Error::Diverged(_)), "{err:?}");
 

@@ -116,6 +116,27 @@ pub async fn bootstrap_if_empty(
     }
 }
 
+/// SST and WAL bytes past which a store is not empty, without looking inside: an empty replica store
+/// holds a few KiB (its epoch notes).
+const EMPTY_STORE_BYTES_MAX: u64 = 1 << 20;
+
+/// Bytes of a store's SST and WAL files (RocksDB's info LOGs and OPTIONS files left out).
+fn store_bytes(db: &Path) -> Result<u64, ServerError> {
+    let mut total = 0;
+    let entries = std::fs::read_dir(db)
+        .map_err(|e| ServerError::Runtime(format!("reading {}: {e}", db.display())))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ServerError::Runtime(format!("reading {}: {e}", db.display())))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".sst") || name.ends_with(".log") {
+            total += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
+    Ok(total)
+}
+
 /// A store that holds nothing (no log entry, no epoch after the first, no newer epoch heard of) is treated
 /// as no store: a replica created, then stopped before its first entry while its primary's retention
 /// or erasures dropped LSN 1, would otherwise be refused for good (a node with a store never installs
@@ -132,6 +153,11 @@ async fn set_aside_if_empty(data: &Path) -> Result<bool, ServerError> {
         if aside.exists() {
             std::fs::remove_dir_all(&aside).map_err(|e| runtime("removing db.empty in", &e))?;
         }
+        // A store with data is known without opening it (an open replays the WAL and opens every
+        // SST: seconds on a large store, at every start of a replica).
+        if store_bytes(&trackstore_engine::db_path(&data))? > EMPTY_STORE_BYTES_MAX {
+            return Ok(false);
+        }
         let engine = Engine::open(&data, EngineOptions::default())
             .map_err(|e| runtime("opening the store in", &e))?;
         // Epoch 1 from LSN 1 is where every store starts (a replica copies it from its primary's
@@ -147,9 +173,11 @@ async fn set_aside_if_empty(data: &Path) -> Result<bool, ServerError> {
             "the store holds no entry yet: replacing it by a snapshot if the primary sends one"
         );
         std::fs::rename(trackstore_engine::db_path(&data), &aside)
-            .and_then(|()| std::fs::File::open(&data)?.sync_all())
-            .and_then(|()| std::fs::remove_dir_all(&aside))
-            .map_err(|e| runtime("setting aside the empty store in", &e))?;
+            .map_err(|e| runtime("moving the empty store to db.empty in", &e))?;
+        std::fs::File::open(&data)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| runtime("syncing", &e))?;
+        std::fs::remove_dir_all(&aside).map_err(|e| runtime("removing db.empty in", &e))?;
         Ok(true)
     })
     .await
