@@ -17,6 +17,7 @@
 //! | [`plan`] | events → key/value operations of one group commit |
 //! | [`cursor`] | sealed pagination cursors |
 //! | [`limits`] | every bound, in one place |
+//! | [`memory`] | the process's memory limit (cgroup-aware) and the block cache's default share |
 //!
 //! ```
 //! use trackstore_engine::{Engine, EngineOptions, Direction, event::{parse_request, BodyFormat}, time::Timestamp};
@@ -39,6 +40,7 @@ pub mod error;
 pub mod event;
 pub mod keys;
 pub mod limits;
+pub mod memory;
 pub mod plan;
 mod query;
 mod removal;

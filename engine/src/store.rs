@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    LruCacheOptions, Options, ReadOptions, SliceTransform,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
+    DBCompressionType, Options, ReadOptions, SliceTransform,
 };
 
 use crate::error::{Error, Result};
@@ -46,10 +46,11 @@ impl Cf {
     }
 }
 
-/// Tuning knobs, with defaults sized for the 2-core, 24 GiB development machine.
+/// Tuning knobs. The block cache defaults to a share of the process's memory limit
+/// (`memory::default_block_cache_bytes`); the rest is sized for the 2-core development machine.
 #[derive(Clone, Debug)]
 pub struct Tuning {
-    /// Shared block cache for all column families.
+    /// Shared block cache for all column families (uncompressed blocks, filters, indexes).
     pub block_cache_bytes: usize,
     /// Memtable size of the large families (`log`, `by_order`); the others use a quarter.
     pub memtable_bytes: usize,
@@ -59,7 +60,8 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
-            block_cache_bytes: 512 << 20,
+            block_cache_bytes: usize::try_from(crate::memory::default_block_cache_bytes())
+                .unwrap_or(usize::MAX),
             memtable_bytes: 64 << 20,
             background_jobs: 2,
         }
@@ -78,6 +80,9 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
         // order read: a whole-key Bloom filter saves the disk reads of misses.
         Cf::EventIds | Cf::Orders => {
             table.set_bloom_filter(10.0, false);
+            if cf == Cf::EventIds {
+                partition_filters(&mut table);
+            }
             table.set_whole_key_filtering(true);
             o.set_memtable_whole_key_filtering(true);
             o.set_memtable_prefix_bloom_ratio(0.05);
@@ -95,15 +100,20 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
                 Some(keys::by_order_key_has_prefix),
             ));
             o.set_memtable_prefix_bloom_ratio(0.05);
+            // A hash of each order prefix to its first block: a timeline's seek skips the binary
+            // search of the index (+4.5% timelines/s). Scans across orders (`total_order_seek`)
+            // fall back to the binary search.
+            table.set_index_type(BlockBasedIndexType::HashSearch);
         }
         _ => {}
     }
-    // `by_order` serves timelines: random orders, a few KiB each. Small blocks and LZ4 at every level
-    // keep the bytes decompressed per timeline low (measured in bench/RESULTS.md: with 16 KiB ZSTD
-    // blocks, decompression dominated timeline reads after compaction). The other families favour
-    // size: big blocks, ZSTD at the bottom.
+    // `by_order` serves timelines: random orders, a few KiB each. Every family uses 16 KiB blocks: a
+    // timeline of 20 events then crosses one or two blocks instead of three to five, which with a
+    // block cache holding the hot orders beat 4 and 8 KiB blocks (bench/RESULTS.md, session 8; 4 KiB
+    // had won when a 512 MiB cache missed most timelines and decompression dominated). LZ4 at every
+    // level of `by_order` keeps a miss cheap; the other families favour size, ZSTD at the bottom.
     let random_reads = cf == Cf::ByOrder;
-    table.set_block_size(if random_reads { 4 * 1024 } else { 16 * 1024 });
+    table.set_block_size(16 * 1024);
     o.set_block_based_table_factory(&table);
     o.set_level_compaction_dynamic_level_bytes(true);
     o.set_compression_type(DBCompressionType::Lz4);
@@ -123,6 +133,20 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     o
 }
 
+/// Filters (and the index) in partitions of about 4 KiB, found through a top-level index pinned in
+/// the cache. `event_ids` holds many small keys: one 64 MiB SST of it can hold 8M+ keys, whose full
+/// filter (10 MB+) once outgrew a cache shard and was re-read from the file on every lookup
+/// (bench/RESULTS.md, the ingest collapse of issue 3). Partitions keep every cached block small
+/// whatever the file size; no write or read cost was measurable (bench/RESULTS.md, session 8). The
+/// other families keep full filters: their point reads (`orders`) are ~20% faster without the extra
+/// index step, and their filters stay small (one key per order, or a prefix per order).
+fn partition_filters(table: &mut BlockBasedOptions) {
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+}
+
 /// The MANIFEST (the log of which SST files exist, with each file's first and last key) starts anew
 /// past this size. Small, so that `Engine::purge` can make it forget the key ranges of files that held
 /// erased data within a few flushes; a new MANIFEST costs one write of the live file list.
@@ -139,21 +163,14 @@ pub fn current_manifest(db_dir: &Path) -> Result<String> {
         .map_err(|e| Error::Corrupt(format!("cannot read {}/CURRENT: {e}", db_dir.display())))
 }
 
-/// log2 of the block cache's shard count; see `open`.
-const CACHE_SHARD_BITS: i32 = 2;
-
 /// Opens (creating if missing) the database at `path`.
 pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
-    // Few, large shards. A block bigger than its shard is evicted as soon as it is released, and the
-    // default sharding (64 shards: 8 MiB each for 512 MiB) is smaller than the one full Bloom filter
-    // of a large `event_ids` SST (10 bits/key: 6.8M keys = 8.5 MB). Past that size every append's
-    // idempotency lookup re-read and re-checksummed the whole filter from the file: the writer thread
-    // went CPU-bound at ~800 events/s (bench/RESULTS.md, issue 3). Four shards of 128 MiB hold a
-    // filter of ~100M keys; the cache's mutex is not contended on 2 cores.
-    let mut cache_opts = LruCacheOptions::default();
-    cache_opts.set_capacity(tuning.block_cache_bytes);
-    cache_opts.set_num_shard_bits(CACHE_SHARD_BITS);
-    let cache = Cache::new_lru_cache_opts(&cache_opts);
+    // HyperClockCache: lookups without a mutex. The LRU cache's shard mutexes (4 shards, so that a
+    // large full filter fitted in one) made two reader threads slower than one: 303k order reads/s
+    // against 374k; 739k with this cache (bench/RESULTS.md, session 8). Its shards are 32 MiB or
+    // more; the large filters that needed big LRU shards are partitioned (`partition_filters`).
+    // Estimated entry charge 0: the automatically sized variant, recommended by RocksDB.
+    let cache = Cache::new_hyper_clock_cache(tuning.block_cache_bytes, 0);
     let mut db_opts = Options::default();
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);

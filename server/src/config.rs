@@ -83,6 +83,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub durability: Durability,
+    /// The engine's block cache; None: its default, an eighth of the memory limit
+    /// (`trackstore_engine::memory`).
+    pub block_cache_bytes: Option<usize>,
     pub log_format: LogFormat,
     pub limits: Limits,
     /// Access tokens and who may do what without one (auth.rs, docs/security.md).
@@ -90,6 +93,10 @@ pub struct Config {
     /// Retention and purge (maintenance.rs, docs/data-protection.md).
     pub maintenance: crate::maintenance::MaintenanceConfig,
 }
+
+/// Bounds of `block_cache_mb`: below 16 MiB the filters and indexes alone do not stay cached.
+const BLOCK_CACHE_MB_MIN: usize = 16;
+const BLOCK_CACHE_MB_MAX: usize = 1 << 20;
 
 /// Defaults of the maintenance keys.
 const RETENTION_INTERVAL_MS: u64 = 60_000;
@@ -154,6 +161,7 @@ impl Default for Config {
                 purge_interval: Some(Duration::from_millis(PURGE_INTERVAL_MS)),
             },
             durability: Durability::Sync,
+            block_cache_bytes: None,
             log_format: LogFormat::Text,
             limits: Limits::default(),
             auth: AuthConfig::default(),
@@ -219,6 +227,11 @@ pub struct Flags {
     /// When a write is acknowledged. `nosync-unsafe` loses acknowledged events on power loss.
     #[arg(long, env = "TRACKSTORE_DURABILITY", value_enum)]
     pub durability: Option<Durability>,
+    /// RocksDB block cache (uncompressed blocks, filters, indexes) in MiB, 16..=1048576. Default: an
+    /// eighth of the memory limit (the smaller of the machine's memory and the cgroup limit), at
+    /// least 256.
+    #[arg(long, env = "TRACKSTORE_BLOCK_CACHE_MB", value_name = "MIB")]
+    pub block_cache_mb: Option<usize>,
     /// Log format on stderr.
     #[arg(long, env = "TRACKSTORE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -292,6 +305,7 @@ pub struct File {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub durability: Option<Durability>,
+    pub block_cache_mb: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub max_body_bytes: Option<usize>,
     pub max_events_per_request: Option<usize>,
@@ -377,6 +391,14 @@ impl Config {
             tls_cert: f.tls_cert.or(file.tls_cert),
             tls_key: f.tls_key.or(file.tls_key),
             durability: f.durability.or(file.durability).unwrap_or(d.durability),
+            block_cache_bytes: match f.block_cache_mb.or(file.block_cache_mb) {
+                Some(mb) if !(BLOCK_CACHE_MB_MIN..=BLOCK_CACHE_MB_MAX).contains(&mb) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "block_cache_mb must be {BLOCK_CACHE_MB_MIN}..={BLOCK_CACHE_MB_MAX}"
+                    )));
+                }
+                mb => mb.map(|mb| mb << 20),
+            },
             log_format: f.log_format.or(file.log_format).unwrap_or(d.log_format),
             limits: Limits {
                 max_body_bytes: f
@@ -593,5 +615,25 @@ mod tests {
         let file: File = toml::from_str("retention_writer_percent = 20").unwrap();
         let c = Config::merge(Flags::default(), file).unwrap();
         assert_eq!(c.maintenance.retention_writer_percent, 20);
+    }
+
+    #[test]
+    fn the_block_cache_is_the_engines_default_or_16_mib_and_up() {
+        assert_eq!(Config::default().block_cache_bytes, None);
+        for (arg, ok) in [
+            ("15", false),
+            ("16", true),
+            ("4096", true),
+            ("1048577", false),
+        ] {
+            let c = Config::merge(flags(&["--block-cache-mb", arg]), File::default());
+            assert_eq!(c.is_ok(), ok, "--block-cache-mb {arg}");
+        }
+        let file: File = toml::from_str("block_cache_mb = 64").unwrap();
+        let c = Config::merge(flags(&["--block-cache-mb", "128"]), file).unwrap();
+        assert_eq!(c.block_cache_bytes, Some(128 << 20));
+        let file: File = toml::from_str("block_cache_mb = 64").unwrap();
+        let c = Config::merge(Flags::default(), file).unwrap();
+        assert_eq!(c.block_cache_bytes, Some(64 << 20));
     }
 }

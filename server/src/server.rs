@@ -104,13 +104,21 @@ impl Signals {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     tls::install_crypto_provider();
     let mut signals = Signals::install()?;
-    let options = EngineOptions {
+    let mut options = EngineOptions {
         durability: match config.durability {
             Durability::Sync => EngineDurability::Sync,
             Durability::NosyncUnsafe => EngineDurability::NoSyncUnsafe,
         },
         ..EngineOptions::default()
     };
+    if let Some(bytes) = config.block_cache_bytes {
+        options.tuning.block_cache_bytes = bytes;
+    }
+    tracing::info!(
+        block_cache_mib = options.tuning.block_cache_bytes >> 20,
+        memory_limit_mib = trackstore_engine::memory::limit_bytes().map(|b| b >> 20),
+        "engine tuning"
+    );
     if config.durability == Durability::NosyncUnsafe {
         tracing::warn!("durability nosync-unsafe: acknowledged writes can be lost on power loss");
     }

@@ -20,6 +20,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use trackstore_bench::report::{latency_histogram, percentiles_ms};
 use trackstore_bench::workload::Shape;
+use trackstore_engine::store::Tuning;
 use trackstore_engine::{Direction, Durability, Engine, EngineOptions, Lsn, TimeRange, Timestamp};
 
 #[derive(Parser, Debug)]
@@ -48,6 +49,9 @@ struct Args {
     /// N interleaves N orders, as a delivery day arrives (each batch holds unrelated orders).
     #[arg(long, default_value_t = 0)]
     interleave: u64,
+    /// Block cache in MiB. Default: the server's, an eighth of the memory limit.
+    #[arg(long)]
+    block_cache_mb: Option<usize>,
     /// `nosync` acknowledges before fsync: for comparison only.
     #[arg(long, default_value = "sync")]
     durability: DurabilityArg,
@@ -76,12 +80,16 @@ enum Phase {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn options(args: &Args) -> EngineOptions {
+    let mut tuning = Tuning::default();
+    if let Some(mb) = args.block_cache_mb {
+        tuning.block_cache_bytes = mb << 20;
+    }
     EngineOptions {
         durability: match args.durability {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::Nosync => Durability::NoSyncUnsafe,
         },
-        ..EngineOptions::default()
+        tuning,
     }
 }
 
@@ -89,10 +97,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.dir).context("create the working directory")?;
     println!(
-        "engine-load: {} durability, store of {} events in {}",
+        "engine-load: {} durability, store of {} events in {}, block cache {} MiB",
         durability_name(&args),
         args.events,
-        args.dir.display()
+        args.dir.display(),
+        options(&args).tuning.block_cache_bytes >> 20
     );
     let read_store = args.dir.join("read-store");
     let p = args.phase;
