@@ -6,7 +6,7 @@
 //! The parsing is pure (tested below); `limit_bytes` reads the files.
 
 /// The block cache takes this fraction of the memory limit by default: RocksDB's memtables (up to
-/// ~0.8 GiB with the default tuning), the server's buffers and the page cache that serves compaction
+/// ~0.4 GiB with the default tuning), the server's buffers and the page cache that serves compaction
 /// and cold reads need the rest.
 pub const BLOCK_CACHE_SHARE_DIVISOR: u64 = 8;
 /// The default block cache is never smaller than this, whatever the limit.

@@ -52,7 +52,11 @@ impl Cf {
 pub struct Tuning {
     /// Shared block cache for all column families (uncompressed blocks, filters, indexes).
     pub block_cache_bytes: usize,
-    /// Memtable size of the large families (`log`, `by_order`); the others use a quarter.
+    /// Memtable size of the large families (`log`, `by_order`); the others use a quarter. Smaller
+    /// than RocksDB's usual 64 MiB on purpose: the writer thread's inserts walk these skiplists, and
+    /// with many orders in flight each level is a cache miss. 32 MiB against 64 MiB: +11%
+    /// interleaved ingest over 8M events; 16 MiB gained +16% but cost single-event HTTP ingest ~2%
+    /// (flushes four times as often, on the disk the WAL syncs to) (bench/RESULTS.md, session 8).
     pub memtable_bytes: usize,
     pub background_jobs: i32,
 }
@@ -62,7 +66,7 @@ impl Default for Tuning {
         Tuning {
             block_cache_bytes: usize::try_from(crate::memory::default_block_cache_bytes())
                 .unwrap_or(usize::MAX),
-            memtable_bytes: 64 << 20,
+            memtable_bytes: 32 << 20,
             background_jobs: 2,
         }
     }

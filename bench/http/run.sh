@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# HTTP front-end benchmarks (issue 3): a fresh release server on a fresh data directory per run,
+# loaded by trackload on the same machine; prints trackload's summary, the server's CPU seconds and
+# its peak RSS. Every run: `bench/http/run.sh SCENARIO [ARGS]`, e.g.
+#   bench/http/run.sh ingest 20            # single-event POSTs, 64 keep-alive HTTP/1.1 connections, 20 s
+#   bench/http/run.sh batch 20             # POSTs of 1,000 events, 4 connections, 20 s
+#   bench/http/run.sh read h1 20           # GET /v1/orders/{id} of 30,000 seeded orders (h1, h2 or h3)
+#   bench/http/run.sh open 7000 300        # open loop: single-event POSTs at 7,000/s for 300 s
+#   bench/http/run.sh day                  # the delivery-day mix, 10M calls (DAY_REQUESTS to change)
+# Environment: BIN (binaries, default ./target/release), W (work directory), SERVER_ARGS (extra
+# trackstore flags), LOAD_ARGS (extra trackload flags).
+set -euo pipefail
+BIN=${BIN:-./target/release}
+W=${W:-/tmp/ts-http-bench}
+H=18111 S=18112
+
+summary() { # FILE: the throughput and latency of a trackload --json report, per operation
+  python3 - "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+batch = d.get("batch") or 1
+for name, op in d["ops"].items():
+    l = op["latency"]
+    per_s = op["ok_per_s"]
+    events = f" = {per_s * batch:,.0f} events/s" if batch > 1 else ""
+    print(f"  {name}: {op['ok']:,} ok, {op['errors']} errors, {per_s:,.0f} calls/s{events}; "
+          f"p50 {l['p50_ms']} / p90 {l['p90_ms']} / p99 {l['p99_ms']} / p99.9 {l['p999_ms']} / max {l['max_ms']} ms")
+for k in ("wall_s", "violations", "errors_by_kind"):
+    if k in d:
+        print(f"  {k}: {d[k]}")
+PY
+}
+cpu_s() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+rss() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
+stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
+
+start() { # a fresh server; sets P
+  rm -rf "$W"; mkdir -p "$W"
+  # shellcheck disable=SC2086
+  "$BIN/trackstore" --data "$W/data" --http "127.0.0.1:$H" --https "127.0.0.1:$S" --replication off \
+    ${SERVER_ARGS:-} >"$W/server.out" 2>"$W/server.err" &
+  P=$!
+  trap 'stop $P' EXIT
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$H/readyz" >/dev/null && return; sleep 0.1; done
+  echo "the server did not become ready; see $W/server.err" >&2; exit 1
+}
+
+load() { # trackload arguments...; prints the summary and the server's CPU and RSS
+  local before; before=$(cpu_s "$P")
+  # shellcheck disable=SC2086
+  "$BIN/trackload" "$@" ${LOAD_ARGS:-} --json >"$W/load.json"
+  summary "$W/load.json"
+  curl -sf "http://127.0.0.1:$H/metrics" >"$W/metrics.txt" || true # the server's own histograms
+  echo "  server: $(python3 -c "print(f'{$(cpu_s "$P") - $before:.1f}')") s CPU while trackload ran (seeding included), peak RSS $(rss "$P")"
+}
+
+scenario=${1:-ingest}
+echo "== $scenario ${*:2} ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg))"
+case $scenario in
+ingest) # SECONDS
+  start; load ingest --url "http://127.0.0.1:$H" --connections 64 --duration "${2:-20}s" ;;
+batch) # SECONDS [CONNECTIONS]
+  start; load ingest-batch --batch 1000 --url "http://127.0.0.1:$H" --connections "${3:-4}" --duration "${2:-20}s" ;;
+read) # PROTO SECONDS
+  proto=${2:-h1} secs=${3:-20}
+  start
+  if [ "$proto" = h1 ]; then
+    load read --url "http://127.0.0.1:$H" --seed-orders 30000 --connections 64 --duration "${secs}s"
+  else
+    load read --proto "$proto" --url "https://127.0.0.1:$S" --ca "$W/data/tls/cert.pem" \
+      --seed-orders 30000 --connections 8 --streams 8 --duration "${secs}s"
+  fi ;;
+open) # RATE SECONDS
+  start; load ingest --url "http://127.0.0.1:$H" --rate "${2:-7000}" --connections "${4:-64}" --duration "${3:-300}s" ;;
+day)
+  start; load day --url "http://127.0.0.1:$H" --requests "${DAY_REQUESTS:-10000000}" ;;
+*) echo "usage: $0 ingest|batch|read|open|day [ARGS]" >&2; exit 2 ;;
+esac
