@@ -5,7 +5,9 @@
 #   bench/http/run.sh ingest 20            # single-event POSTs, 64 keep-alive HTTP/1.1 connections, 20 s
 #   bench/http/run.sh batch 20             # POSTs of 1,000 events, 4 connections, 20 s
 #   bench/http/run.sh read h1 20           # GET /v1/orders/{id} of 30,000 seeded orders (h1, h2 or h3)
-#   bench/http/run.sh open 7000 300        # open loop: single-event POSTs at 7,000/s for 300 s
+#   bench/http/run.sh open 7000 300 256    # open loop: single-event POSTs at 7,000/s for 300 s, 256
+#                                          # connections (default 64; HTTP/1.1 has one call in flight
+#                                          # per connection, so too few connections queue in trackload)
 #   bench/http/run.sh day                  # the delivery-day mix, 10M calls (DAY_REQUESTS to change)
 # Environment: BIN (binaries, default ./target/release), W (work directory), SERVER_ARGS (extra
 # trackstore flags), LOAD_ARGS (extra trackload flags).
@@ -25,17 +27,20 @@ for name, op in d["ops"].items():
     events = f" = {per_s * batch:,.0f} events/s" if batch > 1 else ""
     print(f"  {name}: {op['ok']:,} ok, {op['errors']} errors, {per_s:,.0f} calls/s{events}; "
           f"p50 {l['p50_ms']} / p90 {l['p90_ms']} / p99 {l['p99_ms']} / p99.9 {l['p999_ms']} / max {l['max_ms']} ms")
-for k in ("wall_s", "violations", "errors_by_kind"):
-    if k in d:
-        print(f"  {k}: {d[k]}")
+print(f"  wall {d.get('wall_s', 0):.1f} s, read-your-writes violations "
+      f"{(d.get('read_your_writes') or {}).get('violations', 0)}, errors by status {d.get('errors_by_status') or {}}")
 PY
 }
 cpu_s() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 rss() { awk '/VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
-stop() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.1; done; }
+stop() { # SIGTERM (graceful), then SIGKILL after 60 s
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
 
 start() { # a fresh server; sets P
-  rm -rf "$W"; mkdir -p "$W"
+  rm -rf "$W/data" "$W"/*.json "$W"/*.txt "$W"/server.*; mkdir -p "$W"
   # shellcheck disable=SC2086
   "$BIN/trackstore" --data "$W/data" --http "127.0.0.1:$H" --https "127.0.0.1:$S" --replication off \
     ${SERVER_ARGS:-} >"$W/server.out" 2>"$W/server.err" &
@@ -46,12 +51,14 @@ start() { # a fresh server; sets P
 }
 
 load() { # trackload arguments...; prints the summary and the server's CPU and RSS
-  local before; before=$(cpu_s "$P")
+  local before rc=0; before=$(cpu_s "$P")
   # shellcheck disable=SC2086
-  "$BIN/trackload" "$@" ${LOAD_ARGS:-} --json >"$W/load.json"
+  "$BIN/trackload" "$@" ${LOAD_ARGS:-} --json >"$W/load.json" || rc=$?
+  [ "$rc" = 0 ] || echo "  trackload exited with $rc (3: read-your-writes violations)"
   summary "$W/load.json"
   curl -sf "http://127.0.0.1:$H/metrics" >"$W/metrics.txt" || true # the server's own histograms
   echo "  server: $(python3 -c "print(f'{$(cpu_s "$P") - $before:.1f}')") s CPU while trackload ran (seeding included), peak RSS $(rss "$P")"
+  return "$rc"
 }
 
 scenario=${1:-ingest}
@@ -70,7 +77,7 @@ read) # PROTO SECONDS
     load read --proto "$proto" --url "https://127.0.0.1:$S" --ca "$W/data/tls/cert.pem" \
       --seed-orders 30000 --connections 8 --streams 8 --duration "${secs}s"
   fi ;;
-open) # RATE SECONDS
+open) # RATE SECONDS [CONNECTIONS]
   start; load ingest --url "http://127.0.0.1:$H" --rate "${2:-7000}" --connections "${4:-64}" --duration "${3:-300}s" ;;
 day)
   start; load day --url "http://127.0.0.1:$H" --requests "${DAY_REQUESTS:-10000000}" ;;

@@ -104,10 +104,9 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
                 Some(keys::by_order_key_has_prefix),
             ));
             o.set_memtable_prefix_bloom_ratio(0.05);
-            // A hash of each order prefix to its first block: a timeline's seek skips the binary
-            // search of the index (+4.5% timelines/s). Scans across orders (`total_order_seek`)
-            // fall back to the binary search.
-            table.set_index_type(BlockBasedIndexType::HashSearch);
+            // Not the prefix hash index (`HashSearch`): +4.5% timelines with 4 KiB blocks, nothing
+            // with 16 KiB ones, and its per-order tables live outside the block cache, growing with
+            // the number of orders (bench/RESULTS.md, session 8).
         }
         _ => {}
     }
@@ -116,6 +115,8 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     // block cache holding the hot orders beat 4 and 8 KiB blocks (bench/RESULTS.md, session 8; 4 KiB
     // had won when a 512 MiB cache missed most timelines and decompression dominated). LZ4 at every
     // level of `by_order` keeps a miss cheap; the other families favour size, ZSTD at the bottom.
+    // Every index and filter block is in the block cache (`cache_index_and_filter_blocks`), so the
+    // cache bounds their memory too.
     let random_reads = cf == Cf::ByOrder;
     table.set_block_size(16 * 1024);
     o.set_block_based_table_factory(&table);
@@ -206,6 +207,9 @@ pub fn one_order_read_options(order_id: &str) -> ReadOptions {
 pub fn full_scan_read_options() -> ReadOptions {
     let mut ro = ReadOptions::default();
     ro.set_total_order_seek(true);
+    // A scan of a whole family (verify) would push the hot blocks out of the cache; HyperClockCache
+    // does not protect index and filter blocks the way LRU's high-priority pool did.
+    ro.fill_cache(false);
     ro
 }
 

@@ -111,12 +111,21 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         },
         ..EngineOptions::default()
     };
+    let memory_limit = trackstore_engine::memory::limit_bytes();
     if let Some(bytes) = config.block_cache_bytes {
         options.tuning.block_cache_bytes = bytes;
+        if memory_limit.is_some_and(|limit| bytes as u64 > limit / 2) {
+            tracing::warn!(
+                block_cache_mib = bytes >> 20,
+                memory_limit_mib = memory_limit.map(|b| b >> 20),
+                "the block cache is over half the memory limit: expect the process to be killed \
+                 for memory once the cache fills"
+            );
+        }
     }
     tracing::info!(
         block_cache_mib = options.tuning.block_cache_bytes >> 20,
-        memory_limit_mib = trackstore_engine::memory::limit_bytes().map(|b| b >> 20),
+        memory_limit_mib = memory_limit.map(|b| b >> 20),
         "engine tuning"
     );
     if config.durability == Durability::NosyncUnsafe {
