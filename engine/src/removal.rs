@@ -570,7 +570,12 @@ pub(crate) fn restate_orders<'a>(
         if old_status != new_status {
             if let Some(old) = old_status {
                 *stats.orders_in_mut(old) -= 1;
-                batch.delete_cf(h(Cf::StatusIndex)?, keys::status_index(old, order_id));
+                store::delete(
+                    batch,
+                    Cf::StatusIndex,
+                    h(Cf::StatusIndex)?,
+                    keys::status_index(old, order_id),
+                );
             }
             if let Some(new) = new_status {
                 *stats.orders_in_mut(new) += 1;

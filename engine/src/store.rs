@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, Options, ReadOptions, SliceTransform,
+    DBCompressionType, Options, ReadOptions, SliceTransform, WriteBatch,
 };
 
 use crate::error::{Error, Result};
@@ -189,7 +189,37 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     let cfs = Cf::ALL
         .iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache, tuning)));
-    Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+    let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
+    // An "orders in status" query over a transient status (in_transit, out_for_delivery...) steps
+    // over every entry that orders left behind in the memtable: put when the order entered the
+    // status, single-deleted when it left. RocksDB flushes the memtable once one iterator step has
+    // skipped this many such entries (or this average per `Next`), and the flush drops each put with
+    // its single delete. 1,000 beat 5,000 (and no flush) in the delivery-day mix (bench/RESULTS.md,
+    // session 9). Not in `cf_options`: the Rust binding sets it only on an open database.
+    db.set_options_cf(
+        handle(&db, Cf::StatusIndex)?,
+        &[
+            ("memtable_op_scan_flush_trigger", "1000"),
+            ("memtable_avg_op_scan_flush_trigger", "100"),
+        ],
+    )?;
+    Ok(db)
+}
+
+/// Deletes `key` of `cf` in `batch`. An entry of the status index is put once when its order enters
+/// the status and deleted once when the order leaves it, never overwritten (the plan and the
+/// restatement of erased or truncated orders move it only when the status changes): the contract
+/// of RocksDB's SingleDelete, which, unlike a Delete, vanishes with the put it meets at the next
+/// flush or compaction instead of staying as a tombstone until the bottom level. With Deletes,
+/// "orders in status" queries spent 22% of the server's CPU in the delivery-day mix stepping over
+/// tombstones (bench/RESULTS.md, session 9). Stores written before hold Deletes for some keys; a
+/// SingleDelete always follows a put there too, so the two never meet.
+pub fn delete(batch: &mut WriteBatch, cf: Cf, h: &ColumnFamily, key: impl AsRef<[u8]>) {
+    if cf == Cf::StatusIndex {
+        batch.single_delete_cf(h, key)
+    } else {
+        batch.delete_cf(h, key)
+    }
 }
 
 /// Read options for iterating the `by_order` keys of one order: bounded to the order, and in prefix

@@ -785,7 +785,7 @@ fn write_group(
         match op {
             Op::Put(Cf::Meta, k, _) if stats_staged && k == keys::META_STATS => {}
             Op::Put(_, k, v) => batch.put_cf(h, k, v),
-            Op::Delete(_, k) => batch.delete_cf(h, k),
+            Op::Delete(cf, k) => store::delete(&mut batch, cf, h, k),
         }
     }
     db.write_opt(batch, opts).map_err(|e| e.to_string())

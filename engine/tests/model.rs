@@ -44,6 +44,9 @@ enum Op {
     /// Requests submitted back to back without waiting, so that they share group commits.
     Concurrent(Vec<Vec<(u8, u8)>>),
     Reopen,
+    /// Flush every memtable and compact every family fully: the status index's single deletes meet
+    /// their puts (and, in a store reopened from the WAL, each other's older entries).
+    Compact,
     /// Erase order `o-N`.
     Erase(u8),
     /// One retention step: at most `max` events that occurred before second `before`.
@@ -64,6 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
         8 => request.clone().prop_map(Op::Append),
         3 => proptest::collection::vec(request, 2..8).prop_map(Op::Concurrent),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Compact),
         1 => (0u8..7).prop_map(Op::Erase),
         1 => (0u8..21, 1u8..6).prop_map(|(before, max)| Op::Expire { before, max }),
     ]
@@ -457,6 +461,11 @@ proptest! {
                 Op::Reopen => {
                     drop(engine.take());
                     engine = Some(Engine::open(dir.path(), EngineOptions::default()).expect("reopen"));
+                }
+                Op::Compact => {
+                    let e = engine.as_ref().expect("open");
+                    e.flush().expect("flush");
+                    e.compact().expect("compact");
                 }
                 Op::Erase(o) => {
                     let order_id = format!("o-{o}");
