@@ -29,6 +29,13 @@ print(f"{sys.argv[1]} {op['ok_per_s'] * batch:,.0f} events/s ({op['ok_per_s']:,.
       f"p50 {l['p50_ms']} ms, p99 {l['p99_ms']} ms, p99.9 {l['p999_ms']} ms, max {l['max_ms']} ms")
 PY
 }
+settle() { # HTTP_PORT: wait (at most 60 s) until the node runs no compaction and owes none, so that a
+           # measurement that follows is not shared with the compactions of the load before it
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$1/metrics" | awk '/^trackstore_rocksdb\{.*property="(running_compactions|pending_compaction_bytes)"/ {s += $2} END {exit s > 0}' && return
+    sleep 0.2
+  done
+}
 rss() { awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$1/status"; }
 stop() { # the servers are not children of this shell (started in $(...)): poll until they are gone
   for pid in "$@"; do kill "$pid" 2>/dev/null || true; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
@@ -65,6 +72,7 @@ catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN. 
   n=${2:-1000000}
   fresh; P=$(node primary $PH $PR); wait_ready $PH
   "$BIN/trackload" ingest-batch --batch 1000 --url "http://127.0.0.1:$PH" --connections 4 --requests $((n / 1000)) --json >/dev/null
+  settle $PH
   target=$(last_lsn $PH); start=$(date +%s.%N)
   R=$(node replica $RH $RR $PR); wait_ready $RH
   while [ "$(last_lsn $RH)" -lt "$target" ]; do sleep 0.2; done

@@ -192,10 +192,12 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
     // An "orders in status" query over a transient status (in_transit, out_for_delivery...) steps
     // over every entry that orders left behind in the memtable: put when the order entered the
-    // status, single-deleted when it left. RocksDB flushes the memtable once one iterator step has
-    // skipped this many such entries (or this average per `Next`), and the flush drops each put with
-    // its single delete. 1,000 beat 5,000 (and no flush) in the delivery-day mix (bench/RESULTS.md,
-    // session 9). Not in `cf_options`: the Rust binding sets it only on an open database.
+    // status, single-deleted when it left. RocksDB flushes the status index's memtable once one
+    // iterator step has skipped 1,000 such entries of the active memtable (or, past those 1,000
+    // since the seek, 100 per `Next` on average), and the flush drops each put with its single
+    // delete (a pair split by a live snapshot waits for a compaction). 1,000 beat 5,000 and no flush
+    // in the delivery-day mix (bench/RESULTS.md, session 9). Set here: the Rust binding sets it only
+    // on an open database.
     db.set_options_cf(
         handle(&db, Cf::StatusIndex)?,
         &[
@@ -207,13 +209,17 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
 }
 
 /// Deletes `key` of `cf` in `batch`. An entry of the status index is put once when its order enters
-/// the status and deleted once when the order leaves it, never overwritten (the plan and the
-/// restatement of erased or truncated orders move it only when the status changes): the contract
-/// of RocksDB's SingleDelete, which, unlike a Delete, vanishes with the put it meets at the next
-/// flush or compaction instead of staying as a tombstone until the bottom level. With Deletes,
-/// "orders in status" queries spent 22% of the server's CPU in the delivery-day mix stepping over
-/// tombstones (bench/RESULTS.md, session 9). Stores written before hold Deletes for some keys; a
-/// SingleDelete always follows a put there too, so the two never meet.
+/// the status and deleted once when the order leaves it, never overwritten: the plan and the
+/// restatement of erased, expired or truncated orders move it only when the order's stored status
+/// changes, from the status the `orders` family holds. That is the contract of RocksDB's
+/// SingleDelete, which, unlike a Delete, vanishes with the put it meets at a flush or compaction
+/// instead of staying as a tombstone down to the bottom level. With Deletes, "orders in status"
+/// queries spent 22% of the server's CPU in the delivery-day mix stepping over tombstones
+/// (bench/RESULTS.md, session 9). Stores written before hold Deletes of some entries; the entry
+/// just older than a SingleDelete is still always its put, so a compaction never finds a
+/// SingleDelete directly over a Delete (which RocksDB reports as corruption, poisoning the engine)
+/// unless the index disagreed with `orders` already (`verify` reports that).
+/// `tests/status_index.rs` covers both histories.
 pub fn delete(batch: &mut WriteBatch, cf: Cf, h: &ColumnFamily, key: impl AsRef<[u8]>) {
     if cf == Cf::StatusIndex {
         batch.single_delete_cf(h, key)

@@ -426,7 +426,7 @@ fn commit_group(
     let (mut ops, stats, new_events) = plan.finish();
     ops.append(&mut meta_ops);
     let started = Instant::now();
-    let mut batch = WriteBatch::default();
+    let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(&ops));
     // The erasures' part of the batch first (it touches none of the group's keys but the stats,
     // which go last): when staging fails half-way, the batch starts over without it.
     let mut staged_erasures = None;
@@ -789,6 +789,24 @@ fn write_group(
         }
     }
     db.write_opt(batch, opts).map_err(|e| e.to_string())
+}
+
+/// The size of the `WriteBatch` holding `ops` (RocksDB's encoding: a 12-byte header; per record a
+/// type byte, the family's id and the key's and value's lengths as varints, then key and value),
+/// reserved up front: a batch grown by appending copied its bytes again at every doubling, which was
+/// a sixth of a catching-up replica's writer (bench/RESULTS.md, session 9).
+fn batch_bytes(ops: &[Op]) -> usize {
+    const RECORD_OVERHEAD_MAX: usize = 1 + 5 + 5 + 5;
+    12 + ops
+        .iter()
+        .map(|op| {
+            RECORD_OVERHEAD_MAX
+                + match op {
+                    Op::Put(_, k, v) => k.len() + v.len(),
+                    Op::Delete(_, k) => k.len(),
+                }
+        })
+        .sum::<usize>()
 }
 
 /// The group's operations sorted by column family and key; a stable sort, so operations on one key
