@@ -196,45 +196,46 @@ impl<'a> Prefetched<'a> {
         event_ids: impl Iterator<Item = &'e str>,
         order_ids: impl Iterator<Item = &'e str>,
     ) -> Result<Prefetched<'a>> {
-        let db = store.0;
-        let mut ids: Vec<&str> = event_ids.collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut orders: Vec<&str> = order_ids.collect();
-        orders.sort_unstable();
-        orders.dedup();
-        let found = db.batched_multi_get_cf(
-            store::handle(db, Cf::EventIds)?,
-            ids.iter().map(|id| id.as_bytes()),
-            true,
-        );
-        let event_ids = ids
-            .iter()
-            .zip(found)
-            .map(|(id, v)| {
-                let lsn = v?.map(|v| codec::decode_event_id_entry(&v)).transpose()?;
-                Ok(((*id).to_owned(), lsn))
-            })
-            .collect::<Result<_>>()?;
-        let found = db.batched_multi_get_cf(
-            store::handle(db, Cf::Orders)?,
-            orders.iter().map(|id| id.as_bytes()),
-            true,
-        );
-        let orders = orders
-            .iter()
-            .zip(found)
-            .map(|(id, v)| {
-                let state = v?.map(|v| codec::decode_state(&v)).transpose()?;
-                Ok(((*id).to_owned(), state))
-            })
-            .collect::<Result<_>>()?;
         Ok(Prefetched {
             store,
-            event_ids,
-            orders: RefCell::new(orders),
+            event_ids: multi_get(
+                store.0,
+                Cf::EventIds,
+                event_ids,
+                codec::decode_event_id_entry,
+            )?,
+            orders: RefCell::new(multi_get(
+                store.0,
+                Cf::Orders,
+                order_ids,
+                codec::decode_state,
+            )?),
         })
     }
+}
+
+/// The values of `keys` (each once) in `cf`, decoded, with one sorted `MultiGet`.
+fn multi_get<'k, T, E: Into<Error>>(
+    db: &DB,
+    cf: Cf,
+    keys: impl Iterator<Item = &'k str>,
+    decode: impl Fn(&[u8]) -> std::result::Result<T, E>,
+) -> Result<HashMap<String, Option<T>>> {
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let found = db.batched_multi_get_cf(
+        store::handle(db, cf)?,
+        keys.iter().map(|k| k.as_bytes()),
+        true,
+    );
+    keys.iter()
+        .zip(found)
+        .map(|(k, v)| {
+            let value = v?.map(|v| decode(&v).map_err(Into::into)).transpose()?;
+            Ok(((*k).to_owned(), value))
+        })
+        .collect()
 }
 
 impl Lookup for Prefetched<'_> {

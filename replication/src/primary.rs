@@ -445,10 +445,10 @@ async fn read_for_shipping(
     )
 }
 
-/// Answers a `Hello` with `Refused` and waits (bounded) until the replica's QUIC stack has it. Returning at
-/// once would drop the last handle of the connection, and quinn's implicit close discards stream
-/// data not sent yet: the replica would see only "connection lost", never the reason (nor set its
-/// `refused` status).
+/// Answers a `Hello` with `Refused` and waits (bounded) until the replica's QUIC stack has it.
+/// Returning at once would drop the last handle of the connection, and quinn's implicit close
+/// discards stream data not sent yet: the replica would see only "connection lost", never the
+/// reason (nor set its `refused` status).
 async fn refuse(
     send: &mut quinn::SendStream,
     reason: String,
