@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::limits::{
@@ -528,36 +529,45 @@ fn check_text(text: &str, field: &'static str, chars_max: usize) -> Result<(), F
 }
 
 impl StoredEvent {
-    /// The event's JSON form as the API returns it: the client's fields plus `lsn` and `received_at`,
-    /// times in UTC with milliseconds, absent optional fields omitted.
+    /// The event's JSON form as the API returns it (see its `Serialize`), as a value.
     pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The event's JSON form as the API returns it: the client's fields plus `lsn` and `received_at`,
+/// times in UTC with milliseconds, absent optional fields omitted, keys in byte order (as
+/// `serde_json::Map` orders them). Written straight to the output: list responses of 100 events
+/// built a map per event first, then copied it (bench/RESULTS.md, session 10).
+impl Serialize for StoredEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let e = &self.event;
-        let mut m = Map::new();
-        m.insert("lsn".into(), self.lsn.0.into());
-        m.insert("event_id".into(), e.event_id.clone().into());
-        m.insert("order_id".into(), e.order_id.clone().into());
-        m.insert("status".into(), e.status.as_str().into());
-        m.insert("occurred_at".into(), e.occurred_at.to_string().into());
-        m.insert("received_at".into(), self.received_at.to_string().into());
-        if let Some(s) = &e.source {
-            m.insert("source".into(), s.clone().into());
-        }
-        if let Some(s) = &e.carrier {
-            m.insert("carrier".into(), s.clone().into());
-        }
-        if let Some(s) = &e.reason {
-            m.insert("reason".into(), s.clone().into());
-        }
-        if let Some(loc) = &e.location {
-            m.insert("location".into(), location_json(loc));
-        }
-        if let Some(eta) = e.eta {
-            m.insert("eta".into(), eta.to_string().into());
-        }
+        let mut m = s.serialize_map(None)?;
         if let Some(attrs) = &e.attributes {
-            m.insert("attributes".into(), Value::Object(attrs.clone()));
+            m.serialize_entry("attributes", attrs)?;
         }
-        Value::Object(m)
+        if let Some(c) = &e.carrier {
+            m.serialize_entry("carrier", c)?;
+        }
+        if let Some(eta) = &e.eta {
+            m.serialize_entry("eta", eta)?;
+        }
+        m.serialize_entry("event_id", &e.event_id)?;
+        if let Some(loc) = &e.location {
+            m.serialize_entry("location", loc)?;
+        }
+        m.serialize_entry("lsn", &self.lsn.0)?;
+        m.serialize_entry("occurred_at", &e.occurred_at)?;
+        m.serialize_entry("order_id", &e.order_id)?;
+        if let Some(r) = &e.reason {
+            m.serialize_entry("reason", r)?;
+        }
+        m.serialize_entry("received_at", &self.received_at)?;
+        if let Some(src) = &e.source {
+            m.serialize_entry("source", src)?;
+        }
+        m.serialize_entry("status", e.status.as_str())?;
+        m.end()
     }
 }
 
@@ -578,12 +588,14 @@ impl Event {
     }
 }
 
-pub(crate) fn location_json(loc: &Location) -> Value {
-    let mut m = Map::new();
-    m.insert("lat".into(), loc.lat.into());
-    m.insert("lon".into(), loc.lon.into());
-    if let Some(name) = &loc.name {
-        m.insert("name".into(), name.clone().into());
+impl Serialize for Location {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("lat", &self.lat)?;
+        m.serialize_entry("lon", &self.lon)?;
+        if let Some(name) = &self.name {
+            m.serialize_entry("name", name)?;
+        }
+        m.end()
     }
-    Value::Object(m)
 }

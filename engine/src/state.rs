@@ -4,9 +4,10 @@
 //! `carrier`, `location` and `eta` are the latest non-null values by the same order. So a late event for
 //! an earlier moment never overwrites what a newer event set.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use crate::event::{Location, Lsn, Status, StoredEvent, location_json};
+use crate::event::{Location, Lsn, Status, StoredEvent};
 use crate::keys::TimePos;
 use crate::time::Timestamp;
 
@@ -92,25 +93,33 @@ impl OrderState {
         self.last_lsn = stored.lsn;
     }
 
-    /// The API's order object (API.md, `GET /v1/orders/{order_id}`).
+    /// The API's order object (see its `Serialize`), as a value.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("order_id".into(), self.order_id.clone().into());
-        m.insert("status".into(), self.status.value.as_str().into());
-        m.insert("status_at".into(), self.status.pos.at.to_string().into());
-        m.insert("updated_at".into(), self.updated_at.to_string().into());
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The API's order object (API.md, `GET /v1/orders/{order_id}`), keys in byte order like
+/// `StoredEvent`'s, written straight to the output.
+impl Serialize for OrderState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
         if let Some(c) = &self.carrier {
-            m.insert("carrier".into(), c.value.clone().into());
-        }
-        if let Some(l) = &self.location {
-            m.insert("location".into(), location_json(&l.value));
+            m.serialize_entry("carrier", &c.value)?;
         }
         if let Some(eta) = &self.eta {
-            m.insert("eta".into(), eta.value.to_string().into());
+            m.serialize_entry("eta", &eta.value)?;
         }
-        m.insert("event_count".into(), self.event_count.into());
-        m.insert("last_lsn".into(), self.last_lsn.0.into());
-        Value::Object(m)
+        m.serialize_entry("event_count", &self.event_count)?;
+        m.serialize_entry("last_lsn", &self.last_lsn.0)?;
+        if let Some(l) = &self.location {
+            m.serialize_entry("location", &l.value)?;
+        }
+        m.serialize_entry("order_id", &self.order_id)?;
+        m.serialize_entry("status", self.status.value.as_str())?;
+        m.serialize_entry("status_at", &self.status.pos.at)?;
+        m.serialize_entry("updated_at", &self.updated_at)?;
+        m.end()
     }
 }
 
@@ -190,5 +199,84 @@ mod tests {
         let mut s = OrderState::new(&ev(1, 100, Status::Created, None));
         s.apply(&ev(2, 100, Status::Cancelled, None));
         assert_eq!(s.status.value, Status::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::event::Event;
+
+    fn full_event() -> StoredEvent {
+        let at = |s| Timestamp::parse(s).expect("valid");
+        let mut attributes = Map::new();
+        attributes.insert("slot".into(), json!("18-20"));
+        attributes.insert("bags".into(), json!(3));
+        StoredEvent {
+            lsn: Lsn(42),
+            received_at: at("2026-12-07T10:00:01.5Z"),
+            event: Event {
+                event_id: "e-1".into(),
+                order_id: "o-\"1\"".into(),
+                status: Status::OutForDelivery,
+                occurred_at: at("2026-12-07T11:00:00+01:00"),
+                source: Some("scanner".into()),
+                carrier: Some("van-7".into()),
+                reason: Some("late".into()),
+                location: Some(Location {
+                    lat: 51.5,
+                    lon: -0.125,
+                    name: Some("depot".into()),
+                }),
+                eta: Some(at("2026-12-07T12:30:00Z")),
+                attributes: Some(attributes),
+            },
+        }
+    }
+
+    /// The exact bytes of the API's event and order objects: every field, keys in byte order, times
+    /// in UTC with milliseconds, text escaped; and `to_json` holds the same value.
+    #[test]
+    fn events_and_orders_serialise_to_the_api_objects() {
+        let e = full_event();
+        let text = serde_json::to_string(&e).expect("serialises");
+        assert_eq!(
+            text,
+            r#"{"attributes":{"bags":3,"slot":"18-20"},"carrier":"van-7","eta":"2026-12-07T12:30:00.000Z","event_id":"e-1","location":{"lat":51.5,"lon":-0.125,"name":"depot"},"lsn":42,"occurred_at":"2026-12-07T10:00:00.000Z","order_id":"o-\"1\"","reason":"late","received_at":"2026-12-07T10:00:01.500Z","source":"scanner","status":"out_for_delivery"}"#
+        );
+        assert_eq!(e.to_json(), serde_json::from_str::<Value>(&text).unwrap());
+
+        let mut bare = e.clone();
+        bare.event = Event {
+            source: None,
+            carrier: None,
+            reason: None,
+            location: None,
+            eta: None,
+            attributes: None,
+            ..bare.event
+        };
+        assert_eq!(
+            serde_json::to_string(&bare).unwrap(),
+            r#"{"event_id":"e-1","lsn":42,"occurred_at":"2026-12-07T10:00:00.000Z","order_id":"o-\"1\"","received_at":"2026-12-07T10:00:01.500Z","status":"out_for_delivery"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&e.event.to_json()).unwrap(),
+            r#"{"attributes":{"bags":3,"slot":"18-20"},"carrier":"van-7","eta":"2026-12-07T12:30:00.000Z","event_id":"e-1","location":{"lat":51.5,"lon":-0.125,"name":"depot"},"occurred_at":"2026-12-07T10:00:00.000Z","order_id":"o-\"1\"","reason":"late","source":"scanner","status":"out_for_delivery"}"#
+        );
+
+        let order = OrderState::new(&e);
+        let text = serde_json::to_string(&order).unwrap();
+        assert_eq!(
+            text,
+            r#"{"carrier":"van-7","eta":"2026-12-07T12:30:00.000Z","event_count":1,"last_lsn":42,"location":{"lat":51.5,"lon":-0.125,"name":"depot"},"order_id":"o-\"1\"","status":"out_for_delivery","status_at":"2026-12-07T10:00:00.000Z","updated_at":"2026-12-07T10:00:01.500Z"}"#
+        );
+        assert_eq!(order.to_json(), serde_json::from_str::<Value>(&text).unwrap());
+        assert_eq!(
+            serde_json::to_string(&OrderState::new(&bare)).unwrap(),
+            r#"{"event_count":1,"last_lsn":42,"order_id":"o-\"1\"","status":"out_for_delivery","status_at":"2026-12-07T10:00:00.000Z","updated_at":"2026-12-07T10:00:01.500Z"}"#
+        );
     }
 }

@@ -21,7 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use trackstore_engine::event::{BodyFormat, check_id, parse_request};
 use trackstore_engine::{
-    Direction, Engine, InMemory, LogEntry, Lsn, Outcome, Status, StoredEvent, TimeRange, Timestamp,
+    Direction, Engine, InMemory, LogEntry, Lsn, OrderState, Outcome, Page, Status, StoredEvent,
+    TimeRange, Timestamp,
 };
 
 use crate::config::Limits;
@@ -393,8 +394,27 @@ fn order_id_param(order_id: &str) -> Result<(), Problem> {
     check_id(order_id, "order_id").map_err(|e| Problem::invalid_parameter("order_id", e.message))
 }
 
-fn events_json(events: &[StoredEvent]) -> Vec<Value> {
-    events.iter().map(StoredEvent::to_json).collect()
+/// A page of events (`GET /v1/orders/{id}/events`, `GET /v1/events`), serialised straight from the
+/// engine's types; fields in byte order, as a `serde_json::Map` would order them.
+#[derive(serde::Serialize)]
+struct EventsPage<'a> {
+    events: &'a [StoredEvent],
+    next_cursor: Option<&'a str>,
+}
+
+/// A page of orders (`GET /v1/orders?status=`), like [`EventsPage`].
+#[derive(serde::Serialize)]
+struct OrdersPage<'a> {
+    next_cursor: Option<&'a str>,
+    orders: &'a [OrderState],
+}
+
+fn events_page(page: &Page<StoredEvent>) -> Response {
+    axum::Json(EventsPage {
+        events: &page.items,
+        next_cursor: page.next_cursor.as_deref(),
+    })
+    .into_response()
 }
 
 // ---- ingest ----------------------------------------------------------------------------------
@@ -553,7 +573,7 @@ async fn order_state(
         }
     };
     match state {
-        Some(s) => Ok(axum::Json(s.to_json()).into_response()),
+        Some(s) => Ok(axum::Json(s).into_response()),
         None => Err(Problem::not_found(format!("no order {order_id:?}"))),
     }
 }
@@ -591,10 +611,7 @@ async fn timeline(
             .await?
         }
     };
-    Ok(
-        axum::Json(json!({"events": events_json(&page.items), "next_cursor": page.next_cursor}))
-            .into_response(),
-    )
+    Ok(events_page(&page))
 }
 
 async fn orders_in_status(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
@@ -615,8 +632,11 @@ async fn orders_in_status(State(app): State<AppState>, q: RawQuery) -> Result<Re
             .map_err(Problem::from)
     })
     .await?;
-    let orders: Vec<Value> = page.items.iter().map(|o| o.to_json()).collect();
-    Ok(axum::Json(json!({"orders": orders, "next_cursor": page.next_cursor})).into_response())
+    Ok(axum::Json(OrdersPage {
+        next_cursor: page.next_cursor.as_deref(),
+        orders: &page.items,
+    })
+    .into_response())
 }
 
 async fn time_range(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
@@ -648,10 +668,7 @@ async fn time_range(State(app): State<AppState>, q: RawQuery) -> Result<Response
             .map_err(Problem::from)
     })
     .await?;
-    Ok(
-        axum::Json(json!({"events": events_json(&page.items), "next_cursor": page.next_cursor}))
-            .into_response(),
-    )
+    Ok(events_page(&page))
 }
 
 async fn stats(State(app): State<AppState>, q: RawQuery) -> Result<Response, Problem> {
@@ -828,7 +845,7 @@ async fn follow(
                 let item = SseEvent::default()
                     .id(e.lsn.0.to_string())
                     .event("delivery")
-                    .data(e.to_json().to_string());
+                    .data(serde_json::to_string(&*e).unwrap_or_default());
                 tokio::select! {
                     r = tx.send(Ok(item)) => if r.is_err() { return None },
                     _ = shutdown.changed() => return Some(("shutdown", SHUTDOWN_DETAIL.into())),
