@@ -46,7 +46,14 @@ start() { # a fresh server; sets P
     ${SERVER_ARGS:-} >"$W/server.out" 2>"$W/server.err" &
   P=$!
   trap 'stop $P' EXIT
-  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$H/readyz" >/dev/null && return; sleep 0.1; done
+  for _ in $(seq 600); do
+    # Ready, and it is this server that answered (not one left running on the port).
+    if curl -sf "http://127.0.0.1:$H/readyz" >/dev/null; then
+      kill -0 "$P" 2>/dev/null && return
+      echo "the server exited (port $H taken?); see $W/server.err" >&2; exit 1
+    fi
+    sleep 0.1
+  done
   echo "the server did not become ready; see $W/server.err" >&2; exit 1
 }
 

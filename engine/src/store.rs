@@ -108,6 +108,13 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
             // with 16 KiB ones, and its per-order tables live outside the block cache, growing with
             // the number of orders (bench/RESULTS.md, session 8).
         }
+        // Time-range pages fetch their events from the log by LSN, mostly events long flushed: a
+        // whole-key Bloom filter in the memtable answers those misses without a walk down its
+        // skiplist (bench/RESULTS.md, session 10). Nothing else reads single log keys.
+        Cf::Log => {
+            o.set_memtable_whole_key_filtering(true);
+            o.set_memtable_prefix_bloom_ratio(0.05);
+        }
         _ => {}
     }
     // `by_order` serves timelines: random orders, a few KiB each. Every family uses 16 KiB blocks: a

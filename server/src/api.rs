@@ -16,7 +16,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use trackstore_engine::event::{BodyFormat, check_id, parse_request};
@@ -528,7 +528,7 @@ async fn ingest(
         .await
         .map_err(|_| Problem::from(trackstore_engine::Error::Closed))??;
     let mut created = 0u64;
-    let results: Vec<Value> = ids
+    let results: Vec<IngestResult> = ids
         .iter()
         .zip(&outcomes)
         .map(|(id, o)| {
@@ -539,7 +539,11 @@ async fn ingest(
                 }
                 Outcome::Duplicate(_) => "duplicate",
             };
-            json!({"event_id": id, "lsn": o.lsn().0, "outcome": outcome})
+            IngestResult {
+                event_id: id,
+                lsn: o.lsn().0,
+                outcome,
+            }
         })
         .collect();
     let m = &app.metrics.ingest_events;
@@ -549,7 +553,20 @@ async fn ingest(
         outcome: "duplicate",
     })
     .inc_by(outcomes.len() as u64 - created);
-    Ok(axum::Json(json!({ "results": results })).into_response())
+    Ok(axum::Json(IngestResponse { results }).into_response())
+}
+
+/// The answer to `POST /v1/events`, serialised without building a `Value` per event.
+#[derive(serde::Serialize)]
+struct IngestResponse<'a> {
+    results: Vec<IngestResult<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct IngestResult<'a> {
+    event_id: &'a str,
+    lsn: u64,
+    outcome: &'static str,
 }
 
 // ---- reads -----------------------------------------------------------------------------------
