@@ -40,6 +40,9 @@ stop() { # SIGTERM (graceful), then SIGKILL after 60 s
 }
 
 start() { # a fresh server; sets P
+  if curl -sf "http://127.0.0.1:$H/readyz" >/dev/null; then
+    echo "another server already answers on port $H: stop it first" >&2; exit 1
+  fi
   rm -rf "$W/data" "$W"/*.json "$W"/*.txt "$W"/server.*; mkdir -p "$W"
   # shellcheck disable=SC2086
   "$BIN/trackstore" --data "$W/data" --http "127.0.0.1:$H" --https "127.0.0.1:$S" --replication off \

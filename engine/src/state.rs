@@ -95,7 +95,7 @@ impl OrderState {
 
     /// The API's order object (see its `Serialize`), as a value.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        serde_json::to_value(self).expect("an order serialises to JSON")
     }
 }
 
@@ -273,7 +273,10 @@ mod json_tests {
             text,
             r#"{"carrier":"van-7","eta":"2026-12-07T12:30:00.000Z","event_count":1,"last_lsn":42,"location":{"lat":51.5,"lon":-0.125,"name":"depot"},"order_id":"o-\"1\"","status":"out_for_delivery","status_at":"2026-12-07T10:00:00.000Z","updated_at":"2026-12-07T10:00:01.500Z"}"#
         );
-        assert_eq!(order.to_json(), serde_json::from_str::<Value>(&text).unwrap());
+        assert_eq!(
+            order.to_json(),
+            serde_json::from_str::<Value>(&text).unwrap()
+        );
         assert_eq!(
             serde_json::to_string(&OrderState::new(&bare)).unwrap(),
             r#"{"event_count":1,"last_lsn":42,"order_id":"o-\"1\"","status":"out_for_delivery","status_at":"2026-12-07T10:00:00.000Z","updated_at":"2026-12-07T10:00:01.500Z"}"#

@@ -110,7 +110,8 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
         }
         // Time-range pages fetch their events from the log by LSN, mostly events long flushed: a
         // whole-key Bloom filter in the memtable answers those misses without a walk down its
-        // skiplist (bench/RESULTS.md, session 10). Nothing else reads single log keys.
+        // skiplist (bench/RESULTS.md, session 10). Single-event reads and erasure read log keys
+        // too; the writer never does, so the filter costs it only a hash per insert.
         Cf::Log => {
             o.set_memtable_whole_key_filtering(true);
             o.set_memtable_prefix_bloom_ratio(0.05);
