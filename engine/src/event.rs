@@ -204,10 +204,13 @@ pub fn parse_request(
     now: Timestamp,
 ) -> Result<Vec<Event>, RequestError> {
     let values = match format {
-        BodyFormat::Json => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => items,
-            Ok(obj @ Value::Object(_)) => vec![obj],
-            Ok(_) => {
+        BodyFormat::Json => match serde_json::from_slice::<fields::Body>(body) {
+            Ok(fields::Body::Many { count, .. }) if count > EVENTS_PER_REQUEST_MAX => {
+                return Err(RequestError::TooManyEvents { count });
+            }
+            Ok(fields::Body::Many { items, .. }) => items,
+            Ok(fields::Body::One(obj)) => vec![fields::Item::Object(obj)],
+            Ok(fields::Body::Other) => {
                 return Err(invalid_one(
                     None,
                     FieldError::new("$", "expected an event object or an array of events"),
@@ -237,7 +240,8 @@ pub fn parse_request(
                     });
                 }
                 items.push(
-                    serde_json::from_str::<Value>(line).map_err(|e| malformed(Some(n + 1), &e))?,
+                    serde_json::from_str::<fields::Item>(line)
+                        .map_err(|e| malformed(Some(n + 1), &e))?,
                 );
             }
             items
@@ -255,7 +259,7 @@ pub fn parse_request(
     let mut errors = Vec::new();
     let mut omitted = 0;
     for (index, value) in values.iter().enumerate() {
-        match Event::from_json(value).and_then(|e| e.validate(now).map(|()| e)) {
+        match value.to_event().and_then(|e| e.validate(now).map(|()| e)) {
             Ok(event) => events.push(event),
             Err(error) if errors.len() < REQUEST_ERRORS_LISTED_MAX => {
                 errors.push(IndexedFieldError {
@@ -308,11 +312,21 @@ impl Event {
         let obj = value
             .as_object()
             .ok_or_else(|| FieldError::new("$", "expected an event object"))?;
-        if let Some(unknown) = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+        let unknown = obj.keys().find(|k| !EVENT_FIELDS.contains(&k.as_str()));
+        Event::from_fields(|field| obj.get(field), unknown.map(String::as_str))
+    }
+
+    /// `from_json`'s checks over an object's fields (`get`) and the first of its unknown keys in
+    /// byte order, whether the fields come from a `Map` or straight from a request body.
+    fn from_fields<'v>(
+        get: impl Fn(&'static str) -> Option<&'v Value>,
+        first_unknown: Option<&str>,
+    ) -> Result<Event, FieldError> {
+        if let Some(unknown) = first_unknown {
             let name: String = unknown.chars().take(64).collect();
             return Err(FieldError::new(name, "unknown field"));
         }
-        let status_text = required_str(obj, "status")?;
+        let status_text = required_str(get("status"), "status")?;
         let status = Status::parse(status_text).ok_or_else(|| {
             FieldError::new(
                 "status",
@@ -322,7 +336,7 @@ impl Event {
                 ),
             )
         })?;
-        let location = match obj.get("location") {
+        let location = match get("location") {
             None | Some(Value::Null) => None,
             Some(Value::Object(loc)) => Some(parse_location(loc)?),
             Some(_) => {
@@ -332,21 +346,24 @@ impl Event {
                 ));
             }
         };
-        let attributes = match obj.get("attributes") {
+        let attributes = match get("attributes") {
             None | Some(Value::Null) => None,
             Some(Value::Object(map)) => Some(map.clone()),
             Some(_) => return Err(FieldError::new("attributes", "expected an object")),
         };
         Ok(Event {
-            event_id: required_str(obj, "event_id")?.to_owned(),
-            order_id: required_str(obj, "order_id")?.to_owned(),
+            event_id: required_str(get("event_id"), "event_id")?.to_owned(),
+            order_id: required_str(get("order_id"), "order_id")?.to_owned(),
             status,
-            occurred_at: timestamp(required_str(obj, "occurred_at")?, "occurred_at")?,
-            source: optional_str(obj, "source")?,
-            carrier: optional_str(obj, "carrier")?,
-            reason: optional_str(obj, "reason")?,
+            occurred_at: timestamp(
+                required_str(get("occurred_at"), "occurred_at")?,
+                "occurred_at",
+            )?,
+            source: optional_str(get("source"), "source")?,
+            carrier: optional_str(get("carrier"), "carrier")?,
+            reason: optional_str(get("reason"), "reason")?,
             location,
-            eta: optional_str(obj, "eta")?
+            eta: optional_str(get("eta"), "eta")?
                 .map(|s| timestamp(&s, "eta"))
                 .transpose()?,
             attributes,
@@ -432,22 +449,16 @@ pub fn attributes_json(attrs: &Map<String, Value>) -> String {
     serde_json::to_string(attrs).unwrap_or_default()
 }
 
-fn required_str<'a>(
-    obj: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<&'a str, FieldError> {
-    match obj.get(field) {
+fn required_str<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a str, FieldError> {
+    match value {
         Some(Value::String(s)) => Ok(s),
         None | Some(Value::Null) => Err(FieldError::new(field, "required")),
         Some(_) => Err(FieldError::new(field, "expected a string")),
     }
 }
 
-fn optional_str(
-    obj: &Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, FieldError> {
-    match obj.get(field) {
+fn optional_str(value: Option<&Value>, field: &'static str) -> Result<Option<String>, FieldError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(FieldError::new(field, "expected a string")),
@@ -597,5 +608,179 @@ impl Serialize for Location {
             m.serialize_entry("name", name)?;
         }
         m.end()
+    }
+}
+
+/// Ingest bodies read straight into each event's fields: no `Map` of the whole object is built and
+/// known keys are matched without being copied (`Event::from_json` on a parsed `Value` built a map
+/// with an owned key per field, then copied the strings again). What a body means, and every error,
+/// stays `Event::from_json`'s: the same checks run over the same values.
+mod fields {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    use super::{EVENT_FIELDS, EVENTS_PER_REQUEST_MAX, Event, FieldError};
+
+    /// A request body: one event object, an array (its first `EVENTS_PER_REQUEST_MAX + 1` items
+    /// kept, all of them counted: a body of `[{},{},...]` must not cost 344 bytes per 3), or anything
+    /// else (refused).
+    #[allow(clippy::large_enum_variant)] // nearly every body is an array; `One` is moved out at once
+    pub(super) enum Body {
+        One(EventFields),
+        Many { items: Vec<Item>, count: usize },
+        Other,
+    }
+
+    /// An element of an array body (or an NDJSON line). Not boxed: nearly every item is an object.
+    #[allow(clippy::large_enum_variant)]
+    pub(super) enum Item {
+        Object(EventFields),
+        NotObject,
+    }
+
+    /// An event object's known fields by their place in `EVENT_FIELDS` (a repeated key keeps its
+    /// last value, as in a `Map`), and the first of its unknown keys in byte order (what
+    /// `from_json` reports).
+    #[derive(Default)]
+    pub(super) struct EventFields {
+        values: [Option<Value>; EVENT_FIELDS.len()],
+        first_unknown: Option<String>,
+    }
+
+    impl Item {
+        pub(super) fn to_event(&self) -> Result<Event, FieldError> {
+            match self {
+                Item::Object(f) => Event::from_fields(
+                    |field| {
+                        let i = EVENT_FIELDS.iter().position(|f| *f == field)?;
+                        f.values[i].as_ref()
+                    },
+                    f.first_unknown.as_deref(),
+                ),
+                Item::NotObject => Err(FieldError::new("$", "expected an event object")),
+            }
+        }
+    }
+
+    /// A key of an event object: a known field's place, or an unknown key's text.
+    enum Key {
+        Known(usize),
+        Unknown(String),
+    }
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+            struct KeyVisitor;
+            impl Visitor<'_> for KeyVisitor {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a field name")
+                }
+                fn visit_str<E: de::Error>(self, k: &str) -> Result<Key, E> {
+                    Ok(match EVENT_FIELDS.iter().position(|f| *f == k) {
+                        Some(i) => Key::Known(i),
+                        None => Key::Unknown(k.to_owned()),
+                    })
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    fn read_fields<'de, A: MapAccess<'de>>(mut map: A) -> Result<EventFields, A::Error> {
+        let mut fields = EventFields::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Known(i) => fields.values[i] = Some(map.next_value()?),
+                Key::Unknown(k) => {
+                    map.next_value::<IgnoredAny>()?;
+                    if fields.first_unknown.as_ref().is_none_or(|u| k < *u) {
+                        fields.first_unknown = Some(k);
+                    }
+                }
+            }
+        }
+        Ok(fields)
+    }
+
+    /// Any JSON value other than an object or an array (`Body::Other`, `Item::NotObject`).
+    macro_rules! scalars_are {
+        ($value:expr, $ret:ty) => {
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<$ret, E> {
+                Ok($value)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<$ret, E> {
+                Ok($value)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<$ret, E> {
+                Ok($value)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<$ret, E> {
+                Ok($value)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<$ret, E> {
+                Ok($value)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<$ret, E> {
+                Ok($value)
+            }
+        };
+    }
+
+    impl<'de> Deserialize<'de> for Item {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
+            struct ItemVisitor;
+            impl<'de> Visitor<'de> for ItemVisitor {
+                type Value = Item;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                scalars_are!(Item::NotObject, Item);
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Item::NotObject)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                    read_fields(map).map(Item::Object)
+                }
+            }
+            d.deserialize_any(ItemVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Body {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Body, D::Error> {
+            struct BodyVisitor;
+            impl<'de> Visitor<'de> for BodyVisitor {
+                type Value = Body;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                scalars_are!(Body::Other, Body);
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Body, A::Error> {
+                    let mut items = Vec::new();
+                    while items.len() <= EVENTS_PER_REQUEST_MAX {
+                        match seq.next_element::<Item>()? {
+                            Some(item) => items.push(item),
+                            None => {
+                                let count = items.len();
+                                return Ok(Body::Many { items, count });
+                            }
+                        }
+                    }
+                    let mut count = items.len();
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        count += 1;
+                    }
+                    Ok(Body::Many { items, count })
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
+                    read_fields(map).map(Body::One)
+                }
+            }
+            d.deserialize_any(BodyVisitor)
+        }
     }
 }

@@ -322,3 +322,104 @@ fn request_level_errors() {
     let b = parse_request(br#"{"event_id":"a","order_id":"o","status":"created","occurred_at":"2026-11-21T09:30:00.000Z"}"#, BodyFormat::Json, now).expect("valid");
     assert_eq!(a, b);
 }
+
+/// The request parser reads bodies straight into each event's fields; it must decide exactly as
+/// parsing to a `Value` first and then `Event::from_json` did (the parser before session 10), for
+/// valid bodies and for every kind of bad one.
+#[test]
+fn parse_request_decides_as_parsing_a_value_first_did() {
+    // The old path, from public pieces: the same order of checks and the same errors.
+    fn reference(body: &[u8], now: Timestamp) -> Result<Vec<Event>, RequestError> {
+        let values = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Array(items)) => items,
+            Ok(obj @ Value::Object(_)) => vec![obj],
+            Ok(_) => return parse_request(b"1", BodyFormat::Json, now),
+            Err(e) => {
+                return Err(RequestError::MalformedJson {
+                    line: None,
+                    message: e.to_string(),
+                });
+            }
+        };
+        if values.is_empty() {
+            return parse_request(b"[]", BodyFormat::Json, now);
+        }
+        if values.len() > trackstore_engine::limits::EVENTS_PER_REQUEST_MAX {
+            return Err(RequestError::TooManyEvents {
+                count: values.len(),
+            });
+        }
+        let mut events = Vec::new();
+        let mut errors = Vec::new();
+        let mut omitted = 0;
+        for (index, value) in values.iter().enumerate() {
+            match Event::from_json(value).and_then(|e| e.validate(now).map(|()| e)) {
+                Ok(e) => events.push(e),
+                Err(error)
+                    if errors.len() < trackstore_engine::limits::REQUEST_ERRORS_LISTED_MAX =>
+                {
+                    errors.push(trackstore_engine::event::IndexedFieldError {
+                        index: Some(index),
+                        error,
+                    })
+                }
+                Err(_) => omitted += 1,
+            }
+        }
+        if errors.is_empty() {
+            Ok(events)
+        } else {
+            Err(RequestError::Invalid { errors, omitted })
+        }
+    }
+    let now = Timestamp::now();
+    let ok = r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#;
+    let full = r#"{"event_id":"e2","order_id":"o1","status":"delivered","occurred_at":"2026-01-01T01:00:00+01:00","source":"dms","carrier":"van-1","reason":"left_at_door","location":{"lat":51.5,"lon":-0.1,"name":"Depot"},"eta":"2026-01-01T02:00:00Z","attributes":{"slot":"am","bags":2,"cold":true}}"#;
+    let mut bodies: Vec<String> = vec![
+        ok.into(),
+        full.into(),
+        format!("[{ok},{full}]"),
+        "[]".into(),
+        "{}".into(),
+        "[{}]".into(),
+        "null".into(),
+        "1".into(),
+        "\"text\"".into(),
+        "true".into(),
+        "[1, \"x\", null, [], [1,[2]], {}]".into(),
+        format!("[{ok}, 7]"),
+        "{".into(),
+        "[{\"event_id\":\"e1\"},".into(),
+        format!("{ok} trailing"),
+        r#"{"zeta":1,"alpha":2,"event_id":"e1"}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z","extra":{"deep":[1,2]}}"#.into(),
+        r#"{"event_id":"first","event_id":"e9","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#.into(),
+        r#"{"event_id":"e1","event_id":5,"order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#.into(),
+        r#"{"event_id":null,"order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"teleported","occurred_at":"2026-01-01T00:00:00Z"}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"yesterday"}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2999-01-01T00:00:00Z"}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z","location":{"lat":1,"lon":2,"alt":3}}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z","location":[1,2]}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z","attributes":{"a":{"b":1}}}"#.into(),
+        r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z","eta":5,"source":null}"#.into(),
+        r#"{"event_id":"bad id!","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#.into(),
+        "[\"\u{fffd}\"]".into(),
+        "{\"event_id\":\"e\\u00e9\",\"order_id\":\"o1\",\"status\":\"created\",\"occurred_at\":\"2026-01-01T00:00:00Z\"}".into(),
+        "{\"ev\\u0065nt_id\":\"e1\",\"order_id\":\"o1\",\"status\":\"created\",\"occurred_at\":\"2026-01-01T00:00:00Z\"}".into(),
+    ];
+    // Many invalid events (errors listed up to the bound, the rest counted), and too many events.
+    bodies.push(format!("[{}]", vec!["{}"; 300].join(",")));
+    bodies.push(format!("[{}]", vec!["{}"; 10_001].join(",")));
+    bodies.push(format!("[{}, {{]", vec!["{}"; 10_001].join(",")));
+    let mut bytes: Vec<Vec<u8>> = bodies.into_iter().map(String::into_bytes).collect();
+    bytes.push(b"[\"\xff\"]".to_vec());
+    for body in &bytes {
+        assert_eq!(
+            parse_request(body, BodyFormat::Json, now),
+            reference(body, now),
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+    }
+}
