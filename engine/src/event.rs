@@ -618,7 +618,7 @@ impl Serialize for Location {
 mod fields {
     use std::fmt;
 
-    use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde_json::Value;
 
     use super::{EVENT_FIELDS, EVENTS_PER_REQUEST_MAX, Event, FieldError};
@@ -695,7 +695,7 @@ mod fields {
             match key {
                 Key::Known(i) => fields.values[i] = Some(map.next_value()?),
                 Key::Unknown(k) => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                     if fields.first_unknown.as_ref().is_none_or(|u| k < *u) {
                         fields.first_unknown = Some(k);
                     }
@@ -729,6 +729,36 @@ mod fields {
         };
     }
 
+    /// A value read and checked in full, then dropped: the parts of a body no event keeps (unknown
+    /// fields, arrays given as items, items past the event limit). Not `serde::de::IgnoredAny`:
+    /// serde_json skips those without checking UTF-8, surrogates, number ranges or the nesting
+    /// limit, and such a body must stay malformed JSON, as when it was parsed to a `Value`.
+    struct Skip;
+
+    impl<'de> Deserialize<'de> for Skip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+            struct SkipVisitor;
+            impl<'de> Visitor<'de> for SkipVisitor {
+                type Value = Skip;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                scalars_are!(Skip, Skip);
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+                    while seq.next_element::<Skip>()?.is_some() {}
+                    Ok(Skip)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+                    while map.next_key::<Skip>()?.is_some() {
+                        map.next_value::<Skip>()?;
+                    }
+                    Ok(Skip)
+                }
+            }
+            d.deserialize_any(SkipVisitor)
+        }
+    }
+
     impl<'de> Deserialize<'de> for Item {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
             struct ItemVisitor;
@@ -739,7 +769,7 @@ mod fields {
                 }
                 scalars_are!(Item::NotObject, Item);
                 fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
-                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    while seq.next_element::<Skip>()?.is_some() {}
                     Ok(Item::NotObject)
                 }
                 fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
@@ -771,7 +801,7 @@ mod fields {
                         }
                     }
                     let mut count = items.len();
-                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                    while seq.next_element::<Skip>()?.is_some() {
                         count += 1;
                     }
                     Ok(Body::Many { items, count })

@@ -408,12 +408,28 @@ fn parse_request_decides_as_parsing_a_value_first_did() {
         "{\"event_id\":\"e\\u00e9\",\"order_id\":\"o1\",\"status\":\"created\",\"occurred_at\":\"2026-01-01T00:00:00Z\"}".into(),
         "{\"ev\\u0065nt_id\":\"e1\",\"order_id\":\"o1\",\"status\":\"created\",\"occurred_at\":\"2026-01-01T00:00:00Z\"}".into(),
     ];
+    // Parts no event keeps (unknown fields, arrays as items, items past the limit) are still
+    // checked in full: bad strings, out-of-range numbers and nesting past serde_json's limit.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let ids = r#""event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z""#;
+    bodies.push(format!(r#"{{"x":"\ud800",{ids}}}"#));
+    bodies.push(format!(r#"{{"x":1e400,{ids}}}"#));
+    bodies.push(format!(r#"{{"x":{deep},{ids}}}"#));
+    bodies.push(format!(r#"{{"x":{{"y":"\ud800"}},{ids}}}"#));
+    bodies.push(deep.clone());
+    bodies.push(format!("[{deep}]"));
+    bodies.push(r#"[["\ud800"]]"#.into());
+    bodies.push(r#"[[1e400]]"#.into());
+    bodies.push(format!("[{}, {deep}]", vec!["{}"; 10_001].join(",")));
+    bodies.push(format!(r#"[{}, "\ud800"]"#, vec!["{}"; 10_001].join(",")));
     // Many invalid events (errors listed up to the bound, the rest counted), and too many events.
     bodies.push(format!("[{}]", vec!["{}"; 300].join(",")));
     bodies.push(format!("[{}]", vec!["{}"; 10_001].join(",")));
     bodies.push(format!("[{}, {{]", vec!["{}"; 10_001].join(",")));
     let mut bytes: Vec<Vec<u8>> = bodies.into_iter().map(String::into_bytes).collect();
     bytes.push(b"[\"\xff\"]".to_vec());
+    bytes.push(b"{\"x\":\"\xff\",\"event_id\":\"e1\"}".to_vec());
+    bytes.push(b"[[\"\xff\"]]".to_vec());
     for body in &bytes {
         assert_eq!(
             parse_request(body, BodyFormat::Json, now),
