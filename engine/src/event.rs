@@ -205,11 +205,10 @@ pub fn parse_request(
 ) -> Result<Vec<Event>, RequestError> {
     let values = match format {
         BodyFormat::Json => match serde_json::from_slice::<fields::Body>(body) {
-            Ok(fields::Body::Many { count, .. }) if count > EVENTS_PER_REQUEST_MAX => {
+            Ok(fields::Body::Events { count, .. }) if count > EVENTS_PER_REQUEST_MAX => {
                 return Err(RequestError::TooManyEvents { count });
             }
-            Ok(fields::Body::Many { items, .. }) => items,
-            Ok(fields::Body::One(obj)) => vec![fields::Item::Object(obj)],
+            Ok(fields::Body::Events { items, .. }) => items,
             Ok(fields::Body::Other) => {
                 return Err(invalid_one(
                     None,
@@ -623,13 +622,11 @@ mod fields {
 
     use super::{EVENT_FIELDS, EVENTS_PER_REQUEST_MAX, Event, FieldError};
 
-    /// A request body: one event object, an array (its first `EVENTS_PER_REQUEST_MAX + 1` items
-    /// kept, all of them counted: a body of `[{},{},...]` must not cost 344 bytes per 3), or anything
-    /// else (refused).
-    #[allow(clippy::large_enum_variant)] // nearly every body is an array; `One` is moved out at once
+    /// A request body: its items (one for a single event object; of an array, the first
+    /// `EVENTS_PER_REQUEST_MAX + 1` kept and all of them counted: a body of `[{},{},...]` must not
+    /// cost 344 bytes per 3), or anything else (refused).
     pub(super) enum Body {
-        One(EventFields),
-        Many { items: Vec<Item>, count: usize },
+        Events { items: Vec<Item>, count: usize },
         Other,
     }
 
@@ -796,7 +793,7 @@ mod fields {
                             Some(item) => items.push(item),
                             None => {
                                 let count = items.len();
-                                return Ok(Body::Many { items, count });
+                                return Ok(Body::Events { items, count });
                             }
                         }
                     }
@@ -804,10 +801,11 @@ mod fields {
                     while seq.next_element::<Skip>()?.is_some() {
                         count += 1;
                     }
-                    Ok(Body::Many { items, count })
+                    Ok(Body::Events { items, count })
                 }
                 fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Body, A::Error> {
-                    read_fields(map).map(Body::One)
+                    let items = vec![Item::Object(read_fields(map)?)];
+                    Ok(Body::Events { items, count: 1 })
                 }
             }
             d.deserialize_any(BodyVisitor)
