@@ -60,7 +60,7 @@ pub struct CommitInfo<'a> {
 type Listener = Box<dyn Fn(&CommitInfo<'_>) + Send + Sync>;
 
 /// Publishes committed LSNs: to blocking waiters (a condition variable) and to registered listeners,
-/// which run on the writer thread and so must be quick and must not block (e.g. send on a channel).
+/// which run on the writer's committer thread and so must be quick and must not block (e.g. send on a channel).
 pub(crate) struct CommitNotifier {
     last: Mutex<Lsn>,
     cond: Condvar,
@@ -283,7 +283,7 @@ impl Engine {
         }
     }
 
-    /// Queues an append without blocking; `reply` runs on the writer thread once the request is durable
+    /// Queues an append without blocking; `reply` runs on a writer thread once the request is durable
     /// (or failed), so it must be quick. Validation errors and a full queue are returned at once.
     pub fn submit_append(
         &self,
@@ -321,7 +321,7 @@ impl Engine {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
-    /// Queues `apply_replicated` without waiting: `reply` runs on the writer thread once the batch is
+    /// Queues `apply_replicated` without waiting: `reply` runs on a writer thread once the batch is
     /// durable (or refused), so it must be quick. Batches queued in order are applied in order and
     /// may share one group commit (one fsync), which is what lets a replica keep up with a primary
     /// that commits many groups. A batch that does not continue the log is refused, and so is every
@@ -616,7 +616,7 @@ impl Engine {
         *last
     }
 
-    /// Registers a function called on the writer thread after every group commit, before the group's
+    /// Registers a function called on the writer's committer thread after every group commit, before the group's
     /// requests are answered. It must be quick and must not block (send on a channel, bump a counter).
     pub fn on_commit(&self, listener: impl Fn(&CommitInfo<'_>) + Send + Sync + 'static) {
         self.shared

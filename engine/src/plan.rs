@@ -354,8 +354,8 @@ impl GroupPlan {
     }
 
     /// The group's operations (the orders' final states, status index moves and stats included), the
-    /// stats after it, and its new events in LSN order.
-    pub fn finish(mut self) -> (Vec<Op>, Stats, Vec<StoredEvent>) {
+    /// stats after it, and what it writes (its new events in LSN order among them).
+    pub fn finish(mut self) -> (Vec<Op>, Stats, Written) {
         for (order_id, entry) in &self.orders {
             let status = entry.state.status.value;
             if entry.committed_status != Some(status) {
@@ -384,7 +384,77 @@ impl GroupPlan {
             keys::META_STATS.to_vec(),
             codec::encode_stats(&self.stats),
         ));
-        (self.ops, self.stats, self.new_events)
+        let written = Written {
+            new_events: self.new_events,
+            event_ids: self.event_ids,
+            orders: self.orders,
+        };
+        (self.ops, self.stats, written)
+    }
+}
+
+/// What a finished group writes, readable before it is committed: the writer plans the next group
+/// while this one is written and synced, and that plan must see this group's events and order
+/// states (see [`Unwritten`]).
+#[derive(Debug, Default)]
+pub struct Written {
+    new_events: Vec<StoredEvent>,
+    /// Event id → index in `new_events`.
+    event_ids: HashMap<String, usize>,
+    orders: HashMap<String, OrderEntry>,
+}
+
+impl Written {
+    /// The new events, in LSN order.
+    pub fn events(&self) -> &[StoredEvent] {
+        &self.new_events
+    }
+
+    pub fn contains_event_id(&self, event_id: &str) -> bool {
+        self.event_ids.contains_key(event_id)
+    }
+
+    pub fn contains_order(&self, order_id: &str) -> bool {
+        self.orders.contains_key(order_id)
+    }
+}
+
+/// The store as it will be once `pending` (a finished group not yet committed, if any) is: its
+/// events and order states first, then `committed`. Reading `committed` while `pending` is being
+/// written is consistent either way: `pending` holds the same values for every key it writes, and
+/// keys it does not write are not changed by it.
+#[derive(Debug)]
+pub struct Unwritten<'a, L> {
+    pub pending: Option<&'a Written>,
+    pub committed: &'a L,
+}
+
+impl<L: Lookup> Lookup for Unwritten<'_, L> {
+    fn event_id_lsn(&self, event_id: &str) -> Result<Option<Lsn>> {
+        if let Some(w) = self.pending
+            && let Some(&i) = w.event_ids.get(event_id)
+        {
+            return Ok(Some(w.new_events[i].lsn));
+        }
+        self.committed.event_id_lsn(event_id)
+    }
+
+    fn event(&self, lsn: Lsn) -> Result<Option<StoredEvent>> {
+        if let Some(w) = self.pending
+            && let Ok(i) = w.new_events.binary_search_by_key(&lsn, |e| e.lsn)
+        {
+            return Ok(Some(w.new_events[i].clone()));
+        }
+        self.committed.event(lsn)
+    }
+
+    fn order_state(&self, order_id: &str) -> Result<Option<OrderState>> {
+        if let Some(w) = self.pending
+            && let Some(entry) = w.orders.get(order_id)
+        {
+            return Ok(Some(entry.state.clone()));
+        }
+        self.committed.order_state(order_id)
     }
 }
 
@@ -514,9 +584,10 @@ mod tests {
             vec![Outcome::Created(Lsn(2))],
             "LSN 2 was released by the failed request"
         );
-        let (ops, stats, events) = plan.finish();
+        let (ops, stats, written) = plan.finish();
         assert_eq!(
-            events
+            written
+                .events()
                 .iter()
                 .map(|e| e.event.event_id.as_str())
                 .collect::<Vec<_>>(),
@@ -586,6 +657,106 @@ mod tests {
                 stats.orders_in(Status::Created)
             ),
             (1, 0)
+        );
+    }
+
+    /// Groups of requests over few orders and event ids: duplicates of earlier groups' events,
+    /// conflicts, status moves forward and back, new and known orders.
+    fn requests(group: u64) -> Vec<Vec<Event>> {
+        let statuses = [Status::Created, Status::Picked, Status::Delivered];
+        (0..4)
+            .map(|r| {
+                (0..3)
+                    .map(|i| {
+                        let n = group * 7 + r * 3 + i;
+                        let id = format!("e{}", n % 19);
+                        // The same id keeps the same event, except every 11th, a conflict.
+                        let key = n % 19 + if n.is_multiple_of(11) { 100 } else { 0 };
+                        event(
+                            &id,
+                            &format!("o{}", key % 5),
+                            statuses[(key % 3) as usize],
+                            key as i64,
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn plan_group(
+        plan: &mut GroupPlan,
+        lookup: &impl Lookup,
+        group: u64,
+    ) -> Vec<std::result::Result<Vec<Outcome>, String>> {
+        requests(group)
+            .into_iter()
+            .map(|events| {
+                plan.plan_append(lookup, events, T)
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// The ops as a comparable set: orders come out of a `HashMap`, in no fixed order.
+    fn in_any_order(ops: &[Op]) -> Vec<String> {
+        let mut ops: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
+        ops.sort();
+        ops
+    }
+
+    /// The writer plans a group while the previous one is still being written: planned over
+    /// `Unwritten`, each group must decide and write exactly what it would after the previous
+    /// group's commit.
+    #[test]
+    fn a_group_planned_over_the_unwritten_previous_group_equals_one_planned_after_it() {
+        const GROUPS: u64 = 12;
+        let mut after = MapStore::default();
+        let mut stats = Stats::default();
+        let mut outcomes_after = Vec::new();
+        let mut ops_after = Vec::new();
+        for group in 0..GROUPS {
+            let mut plan = GroupPlan::new(stats);
+            outcomes_after.push(plan_group(&mut plan, &after, group));
+            let (ops, s, _) = plan.finish();
+            ops_after.push(in_any_order(&ops));
+            after.apply(ops);
+            stats = s;
+        }
+
+        let mut over = MapStore::default();
+        let mut stats = Stats::default();
+        let mut pending: Option<(Vec<Op>, Written)> = None;
+        for group in 0..GROUPS {
+            let mut plan = GroupPlan::new(stats);
+            let lookup = Unwritten {
+                pending: pending.as_ref().map(|(_, w)| w),
+                committed: &over,
+            };
+            let outcomes = plan_group(&mut plan, &lookup, group);
+            assert_eq!(outcomes, outcomes_after[group as usize], "group {group}");
+            let (ops, s, written) = plan.finish();
+            assert_eq!(
+                in_any_order(&ops),
+                ops_after[group as usize],
+                "group {group}"
+            );
+            if let Some((previous, _)) = pending.replace((ops, written)) {
+                over.apply(previous);
+            }
+            stats = s;
+        }
+        over.apply(pending.expect("the last group").0);
+        assert_eq!(over.0, after.0);
+        assert!(
+            outcomes_after.iter().flatten().any(|o| o
+                .as_ref()
+                .is_ok_and(|o| o.iter().any(|o| matches!(o, Outcome::Duplicate(_))))),
+            "the groups hold duplicates"
+        );
+        assert!(
+            outcomes_after.iter().flatten().any(Result::is_err),
+            "and conflicts"
         );
     }
 

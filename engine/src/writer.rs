@@ -1,6 +1,9 @@
-//! The writer thread: the only code that writes to the database. It drains the bounded request queue
-//! into a group, plans the group (see `plan`), commits it as one `WriteBatch` with one WAL sync, and
-//! only then answers each request. A failed write poisons the engine: no later write is acknowledged.
+//! The writer: the only code that writes to the database. The planner thread drains the bounded
+//! request queue into a group and plans it (see `plan`); the group is written as one `WriteBatch`
+//! with one WAL sync, and only then is each request answered. Groups are committed one at a time, in
+//! order. Replicated batches are written by a second thread, the committer, while the planner plans
+//! the next group over them (see `Pipeline`). A failed write poisons the engine: no later write is
+//! acknowledged, including a group planned over the failed one.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use crate::engine::{CommitInfo, Durability, Shared};
@@ -19,8 +22,8 @@ use crate::keys::TimePos;
 use crate::limits::{
     ERASURES_PER_BATCH_MAX, EVENTS_PER_REQUEST_MAX, GROUP_BYTES_MAX, GROUP_EVENTS_MAX,
 };
-use crate::plan::{GroupPlan, Lookup, Op, Outcome};
-use crate::state::OrderState;
+use crate::plan::{GroupPlan, Lookup, Op, Outcome, Unwritten, Written};
+use crate::state::{OrderState, Stats};
 use crate::store::{self, Cf};
 use crate::time::Timestamp;
 use crate::{codec, keys};
@@ -181,8 +184,9 @@ const PREFETCH_EVENTS_MIN: usize = 16;
 
 /// The committed event ids and order states a request's events need, read with two RocksDB
 /// `MultiGet`s (sorted, batched through each SST's index and filter: cheaper than one `get` per
-/// event); anything not prefetched is read from the store. Valid while this group is planned: only
-/// the writer thread writes, and it commits after planning.
+/// event); anything not prefetched is read from the store. Keys the group in flight writes are not
+/// read (its own values shadow them, see `Unwritten`); every other key keeps its committed value
+/// while this group is planned: only the writer's committer writes, and only the group in flight.
 struct Prefetched<'a> {
     store: &'a DbLookup<'a>,
     event_ids: HashMap<String, Option<Lsn>>,
@@ -193,9 +197,12 @@ struct Prefetched<'a> {
 impl<'a> Prefetched<'a> {
     fn read<'e>(
         store: &'a DbLookup<'a>,
+        unwritten: Option<&Written>,
         event_ids: impl Iterator<Item = &'e str>,
         order_ids: impl Iterator<Item = &'e str>,
     ) -> Result<Prefetched<'a>> {
+        let event_ids = event_ids.filter(|id| !unwritten.is_some_and(|w| w.contains_event_id(id)));
+        let order_ids = order_ids.filter(|id| !unwritten.is_some_and(|w| w.contains_order(id)));
         Ok(Prefetched {
             store,
             event_ids: multi_get(
@@ -258,37 +265,208 @@ impl Lookup for Prefetched<'_> {
     }
 }
 
+fn write_options(durability: Durability) -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(durability == Durability::Sync);
+    opts
+}
+
+/// A planned group, ready to be committed.
+struct Sealed {
+    ops: Vec<Op>,
+    stats: Stats,
+    written: Arc<Written>,
+    planned: Vec<Planned>,
+    requests: usize,
+    events: usize,
+    bytes: usize,
+    /// Erasures staged after the group in the same write (they touch none of its orders).
+    erasures: Vec<Erasure>,
+    received_at: Timestamp,
+}
+
+impl Sealed {
+    fn fail(self, e: &Error) {
+        for p in self.planned {
+            p.answer(Err(e));
+        }
+        fail_erasures(self.erasures, e);
+    }
+}
+
+/// The group the committer thread is writing (or has just written).
+struct InFlight {
+    written: Arc<Written>,
+    stats: Stats,
+    committed: bool,
+}
+
+/// The planner's side of the writer. A group of replicated batches goes to the committer thread,
+/// and the planner plans the next group over it (`Unwritten`) while it is written and synced; any
+/// other group is committed on the planner's own thread once the group in flight is. At most one
+/// group is in flight, so memory stays bounded by two groups.
+///
+/// Why only replicated batches: a catching-up replica's writer is its bottleneck while the second
+/// core is idle, and overlapping made catch-up 14–20% faster; on a primary the front end needs that
+/// core, and the same overlap cost client appends 7–15% (bench/RESULTS.md, session 11).
+struct Pipeline<'a> {
+    shared: &'a Shared,
+    write_opts: WriteOptions,
+    to_committer: Sender<Sealed>,
+    committed: Receiver<()>,
+    in_flight: Option<InFlight>,
+}
+
+impl Pipeline<'_> {
+    /// Waits until the group in flight (if any) is committed.
+    fn drain(&mut self) {
+        if let Some(f) = self.in_flight.take()
+            && !f.committed
+            && self.committed.recv().is_err()
+        {
+            self.committer_gone();
+        }
+    }
+
+    /// The committer thread ended (it panicked): the group it held was not answered, and no later
+    /// write may be acknowledged.
+    fn committer_gone(&self) {
+        let _ = self
+            .shared
+            .poisoned
+            .set("the writer's committer thread stopped".into());
+    }
+
+    /// The next command for the group being planned: one already queued, or, while the previous
+    /// group is still being written, the first that comes before that write ends. None when the
+    /// group should be sealed.
+    fn next_command(&mut self, rx: &Receiver<Command>) -> Option<Command> {
+        if let Ok(cmd) = rx.try_recv() {
+            return Some(cmd);
+        }
+        let f = self.in_flight.as_mut().filter(|f| !f.committed)?;
+        crossbeam_channel::select! {
+            recv(rx) -> cmd => cmd.ok(),
+            recv(self.committed) -> done => {
+                f.committed = true;
+                if done.is_err() {
+                    self.committer_gone();
+                }
+                rx.try_recv().ok()
+            }
+        }
+    }
+
+    /// Commits a group after the one in flight: hands it to the committer when it is `replicated`
+    /// (made only of replicated batches, no metadata: the next plan sees all it writes through
+    /// `Unwritten`), else commits it here.
+    fn commit(&mut self, sealed: Sealed, replicated: bool) {
+        self.drain();
+        if !replicated {
+            return commit_group(self.shared, sealed, &self.write_opts);
+        }
+        let in_flight = InFlight {
+            written: Arc::clone(&sealed.written),
+            stats: sealed.stats.clone(),
+            committed: false,
+        };
+        match self.to_committer.send(sealed) {
+            Ok(()) => self.in_flight = Some(in_flight),
+            Err(e) => {
+                self.committer_gone();
+                e.into_inner().fail(&Error::Poisoned(
+                    "the writer's committer thread stopped".into(),
+                ));
+            }
+        }
+    }
+
+    /// What the next group is planned over: the stats and writes of the group in flight, if any.
+    fn base(&self) -> (Stats, Option<Arc<Written>>) {
+        match &self.in_flight {
+            Some(f) => (f.stats.clone(), Some(Arc::clone(&f.written))),
+            None => (self.shared.stats.read().expect("stats lock").clone(), None),
+        }
+    }
+}
+
 pub(crate) fn run(
     shared: Arc<Shared>,
     rx: Receiver<Command>,
     durability: Durability,
-    mut last_received: Timestamp,
+    last_received: Timestamp,
 ) {
-    let mut write_opts = WriteOptions::default();
-    write_opts.set_sync(durability == Durability::Sync);
+    let shared = &*shared;
+    let (to_committer, groups) = crossbeam_channel::bounded::<Sealed>(1);
+    let (done, committed) = crossbeam_channel::bounded::<()>(1);
+    std::thread::scope(|scope| {
+        // Owns `done`: if it panics, the planner's `committed` disconnects instead of waiting.
+        let committer = std::thread::Builder::new()
+            .name("trackstore-commit".into())
+            .spawn_scoped(scope, move || {
+                let opts = write_options(durability);
+                for sealed in groups {
+                    commit_group(shared, sealed, &opts);
+                    if done.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = committer {
+            let reason = format!("cannot start the committer thread: {e}");
+            let _ = shared.poisoned.set(reason.clone());
+            for cmd in rx.iter() {
+                cmd.fail(Error::Poisoned(reason.clone()));
+            }
+            return;
+        }
+        let mut pipeline = Pipeline {
+            shared,
+            write_opts: write_options(durability),
+            to_committer,
+            committed,
+            in_flight: None,
+        };
+        plan_groups(&rx, last_received, &mut pipeline);
+        pipeline.drain();
+        // Dropping the pipeline closes the committer's queue; the scope joins it.
+    });
+}
+
+/// The planner's loop: plans each group of queued commands and commits it (see `Pipeline`).
+fn plan_groups(rx: &Receiver<Command>, mut last_received: Timestamp, pipeline: &mut Pipeline<'_>) {
+    let shared = pipeline.shared;
     // A command that runs alone, found while filling a group, waits here for the next round.
     let mut pending: Option<Command> = None;
     loop {
         let first = match pending.take() {
             Some(cmd) => cmd,
-            None => match rx.recv() {
-                Ok(cmd) => cmd,
-                Err(_) => break,
+            None => match pipeline.next_command(rx) {
+                Some(cmd) => cmd,
+                None => match rx.recv() {
+                    Ok(cmd) => cmd,
+                    Err(_) => break,
+                },
             },
         };
+        if first.runs_alone() {
+            // It reads and writes the committed store: after the group in flight, which may fail.
+            pipeline.drain();
+        }
         if let Some(reason) = shared.poisoned.get() {
             first.fail(Error::Poisoned(reason.clone()));
             continue;
         }
         if first.runs_alone() {
             let at = Timestamp::now().max(last_received);
-            if run_alone(&shared, first, at, &write_opts) {
+            if run_alone(shared, first, at, &pipeline.write_opts) {
                 last_received = at;
             }
             continue;
         }
         let received_at = Timestamp::now().max(last_received);
-        let mut plan = GroupPlan::new(shared.stats.read().expect("stats lock").clone());
+        let (stats, unwritten) = pipeline.base();
+        let mut plan = GroupPlan::new(stats);
         let lookup = DbLookup(&shared.db);
         let mut planned = Vec::new();
         let mut requests = 0usize;
@@ -297,7 +475,7 @@ pub(crate) fn run(
         // are concurrent, so that is a valid order), in the same write when the group is appends
         // that touch none of their orders (one fsync for both), else in a write of their own right
         // after it (one more fsync for all of them), never one write each.
-        let mut erasures: Vec<(String, Reply<Option<ErasureReceipt>>)> = Vec::new();
+        let mut erasures: Vec<Erasure> = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
@@ -305,9 +483,10 @@ pub(crate) fn run(
                 cmd => {
                     requests += 1;
                     plan_command(
-                        &shared,
+                        shared,
                         &mut plan,
                         &lookup,
+                        unwritten.as_deref(),
                         cmd,
                         received_at,
                         &mut planned,
@@ -319,12 +498,13 @@ pub(crate) fn run(
                 && plan.bytes() < GROUP_BYTES_MAX
                 && erasures.len() < ERASURES_PER_BATCH_MAX;
             if room {
-                next = rx.try_recv().ok();
+                next = pipeline.next_command(rx);
                 if next.as_ref().is_some_and(Command::runs_alone) {
                     pending = next.take();
                 }
             }
         }
+        drop(unwritten);
         if !planned.is_empty() {
             let joins_group = meta_ops.is_empty()
                 && planned.iter().all(|p| matches!(p, Planned::Append(..)))
@@ -334,23 +514,31 @@ pub(crate) fn run(
             } else {
                 Vec::new()
             };
-            let committed = commit_group(
-                &shared,
-                plan,
+            let replicated = meta_ops.is_empty()
+                && with.is_empty()
+                && planned.iter().all(|p| matches!(p, Planned::Replicate(..)));
+            let events = plan.event_count();
+            let bytes = plan.bytes();
+            let (mut ops, stats, written) = plan.finish();
+            ops.append(&mut meta_ops);
+            let sealed = Sealed {
+                ops,
+                stats,
+                written: Arc::new(written),
                 planned,
-                meta_ops,
                 requests,
-                with,
+                events,
+                bytes,
+                erasures: with,
                 received_at,
-                &write_opts,
-            );
-            if committed {
-                last_received = received_at;
-            }
+            };
+            pipeline.commit(sealed, replicated);
+            last_received = received_at;
         }
         if !erasures.is_empty() {
+            pipeline.drain();
             let at = Timestamp::now().max(last_received);
-            if erase_batch(&shared, erasures, at, &write_opts) {
+            if erase_batch(shared, erasures, at, &pipeline.write_opts) {
                 last_received = at;
             }
         }
@@ -406,26 +594,26 @@ fn fail_erasures(erasures: Vec<Erasure>, e: &Error) {
     }
 }
 
-/// Commits a planned group and answers its requests, with `erasures` staged after it in the same
-/// write (the caller checked that the group touches none of their orders). Returns whether it was
-/// written.
-#[allow(clippy::too_many_arguments)]
-fn commit_group(
-    shared: &Shared,
-    plan: GroupPlan,
-    planned: Vec<Planned>,
-    mut meta_ops: Vec<Op>,
-    requests: usize,
-    erasures: Vec<Erasure>,
-    received_at: Timestamp,
-    write_opts: &WriteOptions,
-) -> bool {
-    let events = plan.event_count();
-    let bytes = plan.bytes();
+/// Commits a sealed group and answers its requests, with its erasures staged after it in the same
+/// write (the planner checked that the group touches none of their orders). A group planned over
+/// one whose write failed is refused: the engine is poisoned by then.
+fn commit_group(shared: &Shared, sealed: Sealed, write_opts: &WriteOptions) {
+    if let Some(reason) = shared.poisoned.get() {
+        return sealed.fail(&Error::Poisoned(reason.clone()));
+    }
+    let Sealed {
+        ops,
+        stats,
+        written,
+        planned,
+        requests,
+        events,
+        bytes,
+        erasures,
+        received_at,
+    } = sealed;
     // The group's LSNs start right after the committed store's.
     let log_end = Lsn(shared.stats.read().expect("stats lock").last_lsn.0 + 1);
-    let (mut ops, stats, new_events) = plan.finish();
-    ops.append(&mut meta_ops);
     let started = Instant::now();
     let mut batch = WriteBatch::with_capacity_bytes(batch_bytes(&ops));
     // The erasures' part of the batch first (it touches none of the group's keys but the stats,
@@ -453,7 +641,7 @@ fn commit_group(
     // From before the write until the erasures are published: a purge must not see them written
     // but not owed (see `Staged::publish`).
     let purge_guard = staged.map(|_| shared.purge_lock.lock().expect("purge lock"));
-    let written = if events == 0
+    let outcome = if events == 0
         && staged.is_none()
         && !planned.iter().any(Planned::writes_meta)
         && ops.len() <= 1
@@ -468,7 +656,7 @@ fn commit_group(
         stats.and_then(|()| write_group(&shared.db, batch, ops, staged.is_some(), write_opts))
     };
     let write_time = started.elapsed();
-    match written {
+    match outcome {
         Ok(()) => {
             let last_lsn = stats.last_lsn;
             *shared.stats.write().expect("stats lock") = stats;
@@ -476,7 +664,7 @@ fn commit_group(
                 // A late event below the retention sweep's cursor: the next step starts over.
                 let mut cursor = shared.sweep_cursor.lock().expect("cursor lock");
                 if let Some(c) = *cursor
-                    && new_events.iter().any(|e| {
+                    && written.events().iter().any(|e| {
                         TimePos {
                             at: e.event.occurred_at,
                             lsn: e.lsn,
@@ -501,7 +689,7 @@ fn commit_group(
                 requests: requests as u64,
                 bytes: bytes as u64,
                 write_time: Some(write_time),
-                new_events: &new_events,
+                new_events: written.events(),
                 removed: &[],
             });
             for p in planned {
@@ -514,7 +702,6 @@ fn commit_group(
                 drop(purge_guard);
                 answer_erasures(erasures, results);
             }
-            true
         }
         Err(reason) => {
             let _ = shared.poisoned.set(reason.clone());
@@ -525,7 +712,6 @@ fn commit_group(
             if let Some((erasures, ..)) = staged_erasures {
                 fail_erasures(erasures, &e);
             }
-            false
         }
     }
 }
@@ -580,10 +766,12 @@ fn run_alone(shared: &Shared, cmd: Command, at: Timestamp, opts: &WriteOptions) 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_command(
     shared: &Shared,
     plan: &mut GroupPlan,
     lookup: &DbLookup<'_>,
+    unwritten: Option<&Written>,
     cmd: Command,
     received_at: Timestamp,
     planned: &mut Vec<Planned>,
@@ -609,12 +797,15 @@ fn plan_command(
             let planned_append = if events.len() >= PREFETCH_EVENTS_MIN {
                 Prefetched::read(
                     lookup,
+                    unwritten,
                     events.iter().map(|e| e.event_id.as_str()),
                     events.iter().map(|e| e.order_id.as_str()),
                 )
-                .and_then(|prefetched| plan.plan_append(&prefetched, events, received_at))
+                .and_then(|prefetched| {
+                    plan.plan_append(&over(unwritten, &prefetched), events, received_at)
+                })
             } else {
-                plan.plan_append(lookup, events, received_at)
+                plan.plan_append(&over(unwritten, lookup), events, received_at)
             };
             match planned_append {
                 Ok(outcomes) => planned.push(Planned::Append(reply, outcomes)),
@@ -663,12 +854,13 @@ fn plan_command(
             let applied = if entries.len() >= PREFETCH_EVENTS_MIN {
                 Prefetched::read(
                     lookup,
+                    unwritten,
                     events().map(|e| e.event_id.as_str()),
                     events().map(|e| e.order_id.as_str()),
                 )
-                .and_then(|prefetched| plan.plan_replicated(&prefetched, entries))
+                .and_then(|prefetched| plan.plan_replicated(&over(unwritten, &prefetched), entries))
             } else {
-                plan.plan_replicated(lookup, entries)
+                plan.plan_replicated(&over(unwritten, lookup), entries)
             };
             if let Err(e) = applied {
                 return reply(Err(e));
@@ -734,6 +926,14 @@ fn plan_command(
                 "this command cannot run inside a group".into(),
             ));
         }
+    }
+}
+
+/// The store as the group being planned sees it: the group in flight's writes over `committed`.
+fn over<'a, L: Lookup>(unwritten: Option<&'a Written>, committed: &'a L) -> Unwritten<'a, L> {
+    Unwritten {
+        pending: unwritten,
+        committed,
     }
 }
 
