@@ -4,7 +4,7 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
-use trackstore_engine::{Event, Location, Status, Timestamp};
+use trackstore_engine::{Attributes, Event, Location, Status, Timestamp};
 
 /// The statuses an order passes through, in order; long orders repeat the transit part (location pings).
 const LIFECYCLE: [Status; 10] = [
@@ -95,7 +95,7 @@ impl Shape {
             }),
             eta: (step >= 4)
                 .then(|| Timestamp::from_millis(order_start + 4 * 3_600_000).expect("in range")),
-            attributes: Some(attributes),
+            attributes: Some(Attributes::from_map(&attributes)),
         }
     }
 

@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use serde::de;
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::limits::{
@@ -116,8 +118,202 @@ pub struct Event {
     pub reason: Option<String>,
     pub location: Option<Location>,
     pub eta: Option<Timestamp>,
-    /// A flat object of string, number and bool values (sorted by key).
-    pub attributes: Option<Map<String, Value>>,
+    /// A flat object of string, number and bool values.
+    pub attributes: Option<Attributes>,
+}
+
+/// An event's `attributes` object, held as its canonical compact JSON (keys in byte order, as a
+/// `serde_json::Map` writes them): the form in which it is stored, shipped, compared and answered.
+/// Reading an event copies one string instead of building a map of strings and values, and
+/// answering it copies the text (bench/RESULTS.md, session 11). Two attribute objects are equal
+/// when they are equal as maps (the same text, or for `-0.0` and `0.0`, equal numbers).
+#[derive(Clone)]
+pub struct Attributes(Box<RawValue>);
+
+impl Attributes {
+    /// The canonical form of a parsed object (any values: [`Event::validate`] checks them).
+    pub fn from_map(map: &Map<String, Value>) -> Attributes {
+        // A map of JSON values always serialises, to JSON that `RawValue` accepts.
+        let text = serde_json::to_string(map).expect("a JSON map serialises");
+        Attributes(RawValue::from_string(text).expect("serde_json wrote valid JSON"))
+    }
+
+    /// From canonical text as stored (see [`Attributes::as_str`]); `None` unless a JSON object.
+    /// The text is trusted to be canonical: it was written by `from_map`, in this store or in the
+    /// store of the primary it was replicated from (an authenticated peer running this code).
+    /// `Event::validate` still checks its keys, values and size.
+    pub fn from_stored(text: String) -> Option<Attributes> {
+        if !text.starts_with('{') {
+            return None;
+        }
+        RawValue::from_string(text).ok().map(Attributes)
+    }
+
+    /// The canonical compact JSON: the stored form, and what `ATTRIBUTES_BYTES_MAX` limits.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.as_str()).expect("attributes hold a JSON object")
+    }
+
+    /// The first rule of DESIGN.md §1 the object breaks, in key order (keys non-empty without
+    /// control characters; values strings, numbers or bools), read from the text without building
+    /// the map.
+    fn check(&self) -> Result<(), FieldError> {
+        let mut de = serde_json::Deserializer::from_str(self.as_str());
+        match de::Deserializer::deserialize_map(&mut de, flat::Object) {
+            Ok(found) => found,
+            Err(e) => Err(FieldError::new("attributes", e.to_string())),
+        }
+    }
+}
+
+impl PartialEq for Attributes {
+    /// Canonical texts differ for equal maps only where numbers compare equal with other spellings
+    /// (`-0.0` and `0.0`): rare, so the maps are compared only when the texts differ.
+    fn eq(&self, other: &Attributes) -> bool {
+        self.as_str() == other.as_str() || self.to_map() == other.to_map()
+    }
+}
+
+impl fmt::Debug for Attributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// `Attributes::check`'s reader: walks an object's entries, checking each key and each value's
+/// kind, keeping nothing.
+mod flat {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::FieldError;
+
+    pub(super) struct Object;
+
+    impl<'de> Visitor<'de> for Object {
+        type Value = Result<(), FieldError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+
+        /// Reads every entry (the deserializer refuses an object left half-read) and answers the
+        /// first problem.
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = Ok(());
+            while let Some(key) = map.next_key_seed(Key)? {
+                let flat = map.next_value_seed(Scalar)?;
+                if found.is_err() {
+                    continue;
+                }
+                found = key.and_then(|key| {
+                    if flat {
+                        return Ok(());
+                    }
+                    let key: String = key.chars().take(64).collect();
+                    Err(FieldError::new(
+                        format!("attributes.{key}"),
+                        "must be a string, number or bool (attributes are flat)",
+                    ))
+                });
+            }
+            Ok(found)
+        }
+    }
+
+    /// A key, checked; borrowed from the text unless it holds escapes.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Result<std::borrow::Cow<'de, str>, FieldError>;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = Result<std::borrow::Cow<'de, str>, FieldError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a key")
+        }
+
+        fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+            Ok(checked(key).map(std::borrow::Cow::Borrowed))
+        }
+
+        fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+            Ok(checked(key).map(|k| std::borrow::Cow::Owned(k.to_owned())))
+        }
+    }
+
+    fn checked(key: &str) -> Result<&str, FieldError> {
+        if key.is_empty() || key.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "attributes",
+                "keys must be non-empty and free of control characters",
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Whether a value is a string, number or bool (anything else is read through and refused).
+    struct Scalar;
+
+    impl<'de> DeserializeSeed<'de> for Scalar {
+        type Value = bool;
+
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Scalar {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(true)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+    }
 }
 
 /// An event as stored: the client's event plus what the server added.
@@ -347,7 +543,7 @@ impl Event {
         };
         let attributes = match get("attributes") {
             None | Some(Value::Null) => None,
-            Some(Value::Object(map)) => Some(map.clone()),
+            Some(Value::Object(map)) => Some(Attributes::from_map(map)),
             Some(_) => return Err(FieldError::new("attributes", "expected an object")),
         };
         Ok(Event {
@@ -416,22 +612,8 @@ impl Event {
             }
         }
         if let Some(attrs) = &self.attributes {
-            for (key, value) in attrs {
-                if key.is_empty() || key.chars().any(char::is_control) {
-                    return Err(FieldError::new(
-                        "attributes",
-                        "keys must be non-empty and free of control characters",
-                    ));
-                }
-                if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
-                    let key: String = key.chars().take(64).collect();
-                    return Err(FieldError::new(
-                        format!("attributes.{key}"),
-                        "must be a string, number or bool (attributes are flat)",
-                    ));
-                }
-            }
-            if attributes_json(attrs).len() > ATTRIBUTES_BYTES_MAX {
+            attrs.check()?;
+            if attrs.as_str().len() > ATTRIBUTES_BYTES_MAX {
                 return Err(FieldError::new(
                     "attributes",
                     format!("larger than {ATTRIBUTES_BYTES_MAX} bytes once encoded"),
@@ -440,12 +622,6 @@ impl Event {
         }
         Ok(())
     }
-}
-
-/// The canonical compact JSON of an attributes object (keys sorted): its stored form and size.
-pub fn attributes_json(attrs: &Map<String, Value>) -> String {
-    // Serialising a map of JSON values cannot fail.
-    serde_json::to_string(attrs).unwrap_or_default()
 }
 
 fn required_str<'a>(value: Option<&'a Value>, field: &'static str) -> Result<&'a str, FieldError> {
@@ -810,5 +986,92 @@ mod fields {
             }
             d.deserialize_any(BodyVisitor)
         }
+    }
+}
+
+#[cfg(test)]
+mod attributes_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn attrs(v: Value) -> Attributes {
+        match v {
+            Value::Object(map) => Attributes::from_map(&map),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// `check` reads the canonical text; it must decide as the map walk it replaced did: the first
+    /// offending key in byte order, with the same field and message.
+    fn map_walk(map: &Map<String, Value>) -> Result<(), FieldError> {
+        for (key, value) in map {
+            if key.is_empty() || key.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    "attributes",
+                    "keys must be non-empty and free of control characters",
+                ));
+            }
+            if !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_)) {
+                let key: String = key.chars().take(64).collect();
+                return Err(FieldError::new(
+                    format!("attributes.{key}"),
+                    "must be a string, number or bool (attributes are flat)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_text_check_decides_as_the_map_walk() {
+        let long_key = "k".repeat(100);
+        let cases = [
+            json!({}),
+            json!({"slot": "18-20", "bags": 3, "cold": true, "temp": -1.5, "big": u64::MAX}),
+            json!({"slot": {"from": 9}}),
+            json!({"tags": ["a"], "a": 1}),
+            json!({"z": null, "b": [1, {"c": 2}]}),
+            json!({"": 1}),
+            json!({"tab\there": 1}),
+            json!({"a\u{1}": {"x": 1}}),
+            json!({"quote\"d": [], "é": 1}),
+            json!({"zz": 1, "b": {}, "a\n": 2}),
+            json!({ long_key: [] }),
+            json!({ "é".repeat(100): {} }),
+            json!({"del\u{7f}": 1, "c1\u{85}": 2}),
+            json!({"min": i64::MIN, "big": 1e300, "neg": -0.0, "tiny": 5e-324}),
+        ];
+        for case in cases {
+            let Value::Object(map) = &case else {
+                unreachable!()
+            };
+            assert_eq!(attrs(case.clone()).check(), map_walk(map), "{case}");
+        }
+    }
+
+    #[test]
+    fn canonical_text_is_sorted_compact_and_compares_as_the_map() {
+        let a = attrs(json!({"b": 1, "a": "x", "c": 2.50}));
+        assert_eq!(a.as_str(), r#"{"a":"x","b":1,"c":2.5}"#);
+        assert_eq!(a, attrs(json!({"c": 2.5, "a": "x", "b": 1})));
+        assert_ne!(a, attrs(json!({"a": "x", "b": 1.0, "c": 2.5})));
+        // Equal as maps though spelt differently: the same event for idempotency, as before.
+        assert_eq!(attrs(json!({"t": -0.0})), attrs(json!({"t": 0.0})));
+        assert_ne!(attrs(json!({"t": 0})), attrs(json!({"t": 0.0})));
+        assert_eq!(
+            a.to_map(),
+            json!({"a": "x", "b": 1, "c": 2.5})
+                .as_object()
+                .cloned()
+                .unwrap()
+        );
+        assert_eq!(serde_json::to_string(&a).unwrap(), a.as_str());
+        assert_eq!(
+            Attributes::from_stored(a.as_str().to_owned()),
+            Some(a.clone())
+        );
+        assert_eq!(Attributes::from_stored("[1]".into()), None);
+        assert_eq!(Attributes::from_stored("{\"a\":".into()), None);
     }
 }

@@ -54,7 +54,7 @@ mod writer;
 pub use engine::{CommitInfo, Durability, Engine, EngineOptions, db_path};
 pub use entry::{ErasureReceipt, ErasureRecord, LogEntry, Removal, RemovalKind, RetentionReport};
 pub use error::{Error, Result};
-pub use event::{Event, Location, Lsn, Status, StoredEvent};
+pub use event::{Attributes, Event, Location, Lsn, Status, StoredEvent};
 pub use plan::Outcome;
 pub use query::{Direction, EncodedEntries, InMemory, Page, TimeRange};
 pub use state::{OrderState, Stats};

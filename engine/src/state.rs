@@ -231,7 +231,7 @@ mod json_tests {
                     name: Some("depot".into()),
                 }),
                 eta: Some(at("2026-12-07T12:30:00Z")),
-                attributes: Some(attributes),
+                attributes: Some(crate::event::Attributes::from_map(&attributes)),
             },
         }
     }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use trackstore_engine::{
-    Direction, Durability, Engine, EngineOptions, Error, Event, Location, LogEntry, Lsn,
-    OrderState, Outcome, Page, RemovalKind, RetentionReport, Status, StoredEvent, TimeRange,
+    Attributes, Direction, Durability, Engine, EngineOptions, Error, Event, Location, LogEntry,
+    Lsn, OrderState, Outcome, Page, RemovalKind, RetentionReport, Status, StoredEvent, TimeRange,
     Timestamp,
 };
 
@@ -355,7 +355,7 @@ fn personal(e: &mut Event, recipient: &str, place: &str) {
     let mut attrs = Map::new();
     attrs.insert("recipient".into(), Value::String(recipient.into()));
     attrs.insert("floor".into(), Value::from(3));
-    e.attributes = Some(attrs);
+    e.attributes = Some(Attributes::from_map(&attrs));
     e.location = Some(Location {
         lat: 48.1,
         lon: 11.6,
