@@ -2,6 +2,8 @@
 # Replication benchmarks (issue 4): replication lag at fixed ingest rates, the primary's ingest rate
 # with and without a replica, and catch-up speed. Release binaries, one machine, loopback.
 #   usage: bench/repl/run.sh [lag RATE SECONDS | throughput SECONDS | catchup EVENTS]
+# Environment: BIN (binaries, default ./target/release), W (work directory), PRIMARY_ARGS and
+# REPLICA_ARGS (extra trackstore flags for each node, e.g. REPLICA_ARGS="--durability nosync-unsafe").
 set -euo pipefail
 BIN=${BIN:-./target/release}
 W=${W:-/tmp/ts-repl-bench}
@@ -14,7 +16,8 @@ node() { # name http repl [primary-repl]
   local name=$1 http=$2 repl=$3 of=${4:-}
   local args=(--data "$W/$name" --http "127.0.0.1:$http" --https off --replication "127.0.0.1:$repl"
     --tls-ca "$W/certs/ca.pem" --tls-cert "$W/certs/$name.pem" --tls-key "$W/certs/$name.key")
-  if [ -n "$of" ]; then args+=(--replica-of "127.0.0.1:$of"); else args+=(${PRIMARY_ARGS:-}); fi
+  # shellcheck disable=SC2206
+  if [ -n "$of" ]; then args+=(--replica-of "127.0.0.1:$of" ${REPLICA_ARGS:-}); else args+=(${PRIMARY_ARGS:-}); fi
   "$BIN/trackstore" "${args[@]}" >"$W/$name.out" 2>"$W/$name.err" &
   echo $!
 }
