@@ -396,7 +396,7 @@ impl GroupPlan {
 /// What a finished group writes, readable before it is committed: the writer plans the next group
 /// while this one is written and synced, and that plan must see this group's events and order
 /// states (see [`Unwritten`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Written {
     new_events: Vec<StoredEvent>,
     /// Event id → index in `new_events`.
