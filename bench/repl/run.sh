@@ -43,7 +43,8 @@ rss() { awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$1/status"; }
 stop() { # the servers are not children of this shell (started in $(...)): poll until they are gone
   for pid in "$@"; do kill "$pid" 2>/dev/null || true; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
 }
-fresh() { stop ${P:-} ${R:-} $(pgrep -f "trackstore --data $W/" || true); P= R=; rm -rf "$W/primary" "$W/replica"; mkdir -p "$W"; certs; }
+fresh() { stop ${P:-} ${R:-} $(pgrep -f "trackstore --data $W/" || true); P= R=; rm -rf "$W/primary" "$W/replica"; mkdir -p "$W"; certs
+  sync; } # written back now, not in bursts during the run (see bench/http/run.sh)
 trap 'stop ${P:-} ${R:-}' EXIT
 
 case ${1:-lag} in
