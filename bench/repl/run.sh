@@ -3,7 +3,8 @@
 # with and without a replica, and catch-up speed. Release binaries, one machine, loopback.
 #   usage: bench/repl/run.sh [lag RATE SECONDS | throughput SECONDS | catchup EVENTS]
 # Environment: BIN (binaries, default ./target/release), W (work directory), PRIMARY_ARGS and
-# REPLICA_ARGS (extra trackstore flags for each node, e.g. REPLICA_ARGS="--durability nosync-unsafe").
+# REPLICA_ARGS (extra trackstore flags for each node, e.g. REPLICA_ARGS="--durability nosync-unsafe"),
+# FSYNC_TRACE=1 (throughput: also time the primary writer's fdatasync calls with perf, as root).
 set -euo pipefail
 BIN=${BIN:-./target/release}
 W=${W:-/tmp/ts-repl-bench}
@@ -39,6 +40,35 @@ settle() { # HTTP_PORT: wait (at most 60 s) until the node runs no compaction an
     sleep 0.2
   done
 }
+commit_times() { # the primary's /metrics on stdin: its group commits (write + WAL fdatasync)
+  python3 -c '
+import re, sys
+t = sys.stdin.read()
+def total(name): return float(re.search(name + r" ([0-9.e+]+)", t).group(1))
+n = total("trackstore_commit_write_duration_seconds_count")
+events = total("trackstore_commit_group_events_sum") / n
+write_us = total("trackstore_commit_write_duration_seconds_sum") / n * 1e6
+print(f"  primary: {n:,.0f} group commits, {events:.1f} events each, write + fdatasync {write_us:.0f} us on average")'
+}
+fsync_trace() { # PID SECONDS FILE: the writer thread's fdatasync calls for 5 s mid-run (needs perf)
+  sleep $(($2 / 2 - 2))
+  local t
+  t=$(grep -l '^trackstore-writ$' /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5)
+  perf record -q -e syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync -t "$t" -o "$3" -- sleep 5 >/dev/null 2>&1 || true
+}
+fsync_times() { # FILE: fdatasync durations from fsync_trace
+  perf script -i "$1" -F time,event 2>/dev/null | python3 -c '
+import sys
+d, start = [], None
+for line in sys.stdin:
+    t, ev = line.split()[:2]
+    t = float(t.rstrip(":"))
+    if "enter" in ev: start = t
+    elif start is not None: d.append(t - start); start = None
+d.sort()
+if d: print(f"  primary writer fdatasync: {len(d):,} calls, p50 {d[len(d) // 2] * 1e6:.0f} us, "
+            f"p99 {d[int(len(d) * 0.99)] * 1e6:.0f} us, max {d[-1] * 1e6:.0f} us")'
+}
 rss() { awk '/VmHWM/ {print $2/1024 " MiB"}' "/proc/$1/status"; }
 stop() { # the servers are not children of this shell (started in $(...)): poll until they are gone
   for pid in "$@"; do kill "$pid" 2>/dev/null || true; while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
@@ -65,8 +95,12 @@ throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without 
   for with in no yes; do
     fresh; P=$(node primary $PH $PR); wait_ready $PH
     if [ $with = yes ]; then R=$(node replica $RH $RR $PR); wait_ready $RH; fi
+    if [ -n "${FSYNC_TRACE:-}" ]; then fsync_trace "$P" "$secs" "$W/fsync-$with.data" & fi
     "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --connections 64 --duration "${secs}s" --json >"$W/tp-$with.json"
+    wait
     summary "replica attached: $with:" "$W/tp-$with.json"
+    curl -sf "http://127.0.0.1:$PH/metrics" | commit_times
+    if [ -n "${FSYNC_TRACE:-}" ]; then fsync_times "$W/fsync-$with.data"; fi
     echo "primary RSS $(rss $P)"
   done
   ;;
