@@ -51,9 +51,9 @@ write_us = total("trackstore_commit_write_duration_seconds_sum") / n * 1e6
 print(f"  primary: {n:,.0f} group commits, {events:.1f} events each, write + fdatasync {write_us:.0f} us on average")'
 }
 fsync_trace() { # PID SECONDS FILE: the writer thread's fdatasync calls for 5 s mid-run (needs perf)
-  sleep $(($2 / 2 - 2))
+  sleep $(($2 > 6 ? $2 / 2 - 2 : 1))
   local t
-  t=$(grep -l '^trackstore-writ$' /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5)
+  t=$(grep -l '^trackstore-writ$' /proc/"$1"/task/*/comm | head -1 | cut -d/ -f5) || return 0
   perf record -q -e syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync -t "$t" -o "$3" -- sleep 5 >/dev/null 2>&1 || true
 }
 fsync_times() { # FILE: fdatasync durations from fsync_trace
@@ -97,7 +97,7 @@ throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without 
     if [ $with = yes ]; then R=$(node replica $RH $RR $PR); wait_ready $RH; fi
     if [ -n "${FSYNC_TRACE:-}" ]; then fsync_trace "$P" "$secs" "$W/fsync-$with.data" & fi
     "$BIN/trackload" ingest --url "http://127.0.0.1:$PH" --connections 64 --duration "${secs}s" --json >"$W/tp-$with.json"
-    wait
+    wait || true # the trace, if any
     summary "replica attached: $with:" "$W/tp-$with.json"
     curl -sf "http://127.0.0.1:$PH/metrics" | commit_times
     if [ -n "${FSYNC_TRACE:-}" ]; then fsync_times "$W/fsync-$with.data"; fi
