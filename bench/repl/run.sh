@@ -79,7 +79,8 @@ trap 'stop ${P:-} ${R:-}' EXIT
 
 case ${1:-lag} in
 lag) # RATE SECONDS [BATCH]: open-loop ingest of RATE events/s on the primary (single-event requests,
-     # or requests of BATCH events); the replica's apply delay per entry
+     # or requests of BATCH events); the replica's lag per entry from the primary's commit
+     # (commit_lag_ms) and from its receipt (apply_delay_ms)
   rate=${2:-10000} secs=${3:-30} batch=${4:-1}
   load=(ingest --rate "$rate")
   [ "$batch" -gt 1 ] && load=(ingest-batch --batch "$batch" --rate $((rate / batch)))
@@ -87,7 +88,7 @@ lag) # RATE SECONDS [BATCH]: open-loop ingest of RATE events/s on the primary (s
   "$BIN/trackload" "${load[@]}" --url "http://127.0.0.1:$PH" --duration "${secs}s" --json >"$W/load.json"
   sleep 1
   summary "primary (trackload):" "$W/load.json"
-  curl -sf "http://127.0.0.1:$RH/v1/admin/replication" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("replica:", json.dumps({k: d[k] for k in ("apply_delay_ms","lag_lsn","last_lsn","reconnects")}))'
+  curl -sf "http://127.0.0.1:$RH/v1/admin/replication" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("replica:", json.dumps({k: d[k] for k in ("commit_lag_ms","apply_delay_ms","lag_lsn","last_lsn","reconnects")}))'
   echo "primary RSS $(rss $P), replica RSS $(rss $R)"
   ;;
 throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without then with a replica

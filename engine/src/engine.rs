@@ -10,6 +10,7 @@ use crossbeam_channel::{Sender, TrySendError, bounded};
 use rocksdb::DB;
 
 use crate::codec;
+use crate::commit_clock::{CommitClock, CommitRuns, now_us};
 use crate::cursor::CursorSealer;
 use crate::entry::{ErasureReceipt, LogEntry, Removal, RetentionReport};
 use crate::error::{Error, Result};
@@ -63,6 +64,8 @@ type Listener = Box<dyn Fn(&CommitInfo<'_>) + Send + Sync>;
 /// which run on the writer's committer thread and so must be quick and must not block (e.g. send on a channel).
 pub(crate) struct CommitNotifier {
     last: Mutex<Lsn>,
+    /// When recent groups committed, recorded before their LSNs become visible.
+    clock: CommitClock,
     cond: Condvar,
     listeners: RwLock<Vec<Listener>>,
 }
@@ -70,11 +73,13 @@ pub(crate) struct CommitNotifier {
 impl CommitNotifier {
     /// The log was truncated back to `last` (rejoin): waiters and listeners see it from here on.
     pub(crate) fn rewind(&self, last: Lsn) {
+        self.clock.rewind(last);
         *self.last.lock().expect("commit lock") = last;
         self.cond.notify_all();
     }
 
     pub(crate) fn publish(&self, info: &CommitInfo<'_>) {
+        self.clock.record(info.last_lsn, now_us());
         *self.last.lock().expect("commit lock") = info.last_lsn;
         self.cond.notify_all();
         for l in self.listeners.read().expect("listeners lock").iter() {
@@ -210,6 +215,7 @@ impl Engine {
             db,
             commits: CommitNotifier {
                 last: Mutex::new(stats.last_lsn),
+                clock: CommitClock::new(stats.last_lsn),
                 cond: Condvar::new(),
                 listeners: RwLock::new(Vec::new()),
             },
@@ -588,6 +594,13 @@ impl Engine {
     /// is rebuilt from a snapshot).
     pub fn first_lsn(&self) -> Lsn {
         Lsn(self.shared.first_lsn.load(Ordering::SeqCst))
+    }
+
+    /// When `count` entries from `first` committed on this node, as runs (entries, µs since the Unix
+    /// epoch; 0: unknown); empty when no time is known. Only the most recent groups are remembered
+    /// (`commit_clock`).
+    pub fn commit_times(&self, first: Lsn, count: usize) -> CommitRuns {
+        self.shared.commits.clock.runs(first, count)
     }
 
     /// The last committed (durable) LSN.

@@ -13,6 +13,7 @@
 //! | [`keys`] | order-preserving keys of every column family |
 //! | [`entry`] | log entries: events, tombstones, removals (erasure, retention) |
 //! | [`codec`] | versioned value encodings |
+//! | [`commit_clock`] | when recent groups committed (a replica's lag starts there) |
 //! | [`state`] | the order state (read model) and its fold rule |
 //! | [`plan`] | events → key/value operations of one group commit |
 //! | [`cursor`] | sealed pagination cursors |
@@ -33,6 +34,7 @@
 //! ```
 
 pub mod codec;
+pub mod commit_clock;
 pub mod cursor;
 mod engine;
 pub mod entry;
@@ -51,6 +53,7 @@ mod truncate;
 mod verify;
 mod writer;
 
+pub use commit_clock::CommitRuns;
 pub use engine::{CommitInfo, Durability, Engine, EngineOptions, db_path};
 pub use entry::{ErasureReceipt, ErasureRecord, LogEntry, Removal, RemovalKind, RetentionReport};
 pub use error::{Error, Result};

@@ -19,10 +19,13 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+pub use trackstore_engine::CommitRuns;
+
 /// The protocol version in `Hello`; a primary refuses any other. Version 2 added snapshot bootstrap
 /// (`Hello.accepts_snapshot` and the `Snapshot*` and `Busy` frames); version 3 added tombstone and
-/// removal entries (erasure, retention) to `Entries`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// removal entries (erasure, retention) to `Entries`; version 4 added their commit times
+/// (`Entries.committed`, see `trackstore_engine::commit_clock`).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The largest frame accepted (length field), so a peer can never make us buffer more.
 pub const FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Entries in one `Entries` frame, and their encoded bytes (a frame stays far under the maximum).
@@ -80,11 +83,14 @@ pub enum Frame {
         reason: String,
         fenced_by: Option<u64>,
     },
-    /// Consecutive log entries of one epoch, in LSN order.
+    /// Consecutive log entries of one epoch, in LSN order, with their commit times on the primary:
+    /// runs of (entries, µs since the Unix epoch, 0 = unknown) covering every entry, or empty when
+    /// none is known (see `trackstore_engine::commit_clock`).
     Entries {
         epoch: u64,
         first_lsn: u64,
         entries: Vec<Bytes>,
+        committed: CommitRuns,
     },
     /// The primary's log end and clock (ms since the Unix epoch), sent when idle and with batches.
     Heartbeat {
@@ -192,6 +198,7 @@ impl Frame {
                 epoch,
                 first_lsn,
                 entries,
+                committed,
             } => {
                 out.put_u8(ENTRIES);
                 out.put_u64(*epoch);
@@ -199,6 +206,11 @@ impl Frame {
                 out.put_u32(entries.len() as u32);
                 for e in entries {
                     put_bytes(out, e);
+                }
+                out.put_u32(committed.len() as u32);
+                for (n, at) in committed {
+                    out.put_u32(*n);
+                    out.put_i64(*at);
                 }
             }
             Frame::Heartbeat {
@@ -336,10 +348,27 @@ impl Frame {
                 for _ in 0..n {
                     entries.push(get_bytes(b)?);
                 }
+                let runs = get_u32(b)? as usize;
+                if runs > n {
+                    return Err(FrameError::Malformed("more commit-time runs than entries"));
+                }
+                let mut committed = Vec::with_capacity(runs);
+                let mut covered = 0u64;
+                for _ in 0..runs {
+                    let run = (get_u32(b)?, get_i64(b)?);
+                    covered += u64::from(run.0);
+                    committed.push(run);
+                }
+                if runs > 0 && covered != n as u64 {
+                    return Err(FrameError::Malformed(
+                        "the commit-time runs do not cover the entries",
+                    ));
+                }
                 Frame::Entries {
                     epoch,
                     first_lsn,
                     entries,
+                    committed,
                 }
             }
             HEARTBEAT => Frame::Heartbeat {
@@ -514,12 +543,25 @@ mod tests {
             (
                 any::<u64>(),
                 any::<u64>(),
-                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6)
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+                any::<bool>(),
+                any::<i64>(),
             )
-                .prop_map(|(epoch, first_lsn, entries)| Frame::Entries {
-                    epoch,
-                    first_lsn,
-                    entries: entries.into_iter().map(Bytes::from).collect()
+                .prop_map(|(epoch, first_lsn, entries, timed, at)| {
+                    // Runs of one or two entries covering them all, or none.
+                    let mut committed = Vec::new();
+                    let mut left = if timed { entries.len() } else { 0 };
+                    while left > 0 {
+                        let n = left.min(2);
+                        committed.push((n as u32, at.wrapping_add(left as i64)));
+                        left -= n;
+                    }
+                    Frame::Entries {
+                        epoch,
+                        first_lsn,
+                        entries: entries.into_iter().map(Bytes::from).collect(),
+                        committed,
+                    }
                 }),
             (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(epoch, last_lsn, now_ms)| {
                 Frame::Heartbeat {
@@ -643,6 +685,29 @@ mod tests {
         let end = hello.len() - 1;
         hello[end] = 2;
         assert!(Frame::decode(&mut hello).is_err(), "a flag is 0 or 1");
+    }
+
+    #[test]
+    fn commit_times_must_cover_every_entry_or_none() {
+        let entries = |committed| Frame::Entries {
+            epoch: 1,
+            first_lsn: 1,
+            entries: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            committed,
+        };
+        for (committed, error) in [
+            (vec![(1, 5)], "the commit-time runs do not cover the entries"),
+            (vec![(2, 5), (1, 6)], "the commit-time runs do not cover the entries"),
+            (vec![(1, 5), (0, 6), (1, 7)], "more commit-time runs than entries"),
+        ] {
+            let mut buf = BytesMut::from(&entries(committed).to_bytes()[..]);
+            assert_eq!(Frame::decode(&mut buf), Err(FrameError::Malformed(error)));
+        }
+        for committed in [vec![], vec![(2, 5)], vec![(1, 5), (1, 0)]] {
+            let f = entries(committed);
+            let mut buf = BytesMut::from(&f.to_bytes()[..]);
+            assert_eq!(Frame::decode(&mut buf), Ok(Some(f)));
+        }
     }
 
     #[test]

@@ -374,12 +374,14 @@ async fn ship(
                 )));
             }
             let n = entries.len() as u64;
+            let committed = engine.commit_times(from, entries.len());
             write_frame(
                 send,
                 &Frame::Entries {
                     epoch,
                     first_lsn: from.0,
                     entries,
+                    committed,
                 },
             )
             .await?;

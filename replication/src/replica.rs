@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -60,6 +60,11 @@ pub struct ReplicaStatus {
     /// Per entry since start: primary `received_at` → durably applied here, in µs. `received_at`
     /// has millisecond precision, so each figure is high by up to 1 ms.
     pub apply_delay_us: hdrhistogram::Histogram<u64>,
+    /// Per entry since start: its commit on the primary → durably applied here, in µs: the
+    /// replication lag (an acknowledged write is exposed to loss for this long). Only entries the
+    /// primary still knew the commit time of when it sent them (`trackstore_engine::commit_clock`): a replica
+    /// catching up from far behind records its old entries in `apply_delay_us` alone.
+    pub commit_lag_us: hdrhistogram::Histogram<u64>,
     pub connected: bool,
     pub primary_epoch: u64,
     /// The primary's last LSN as last reported.
@@ -96,6 +101,8 @@ impl Default for ReplicaStatus {
             // 1 µs .. 1 hour, 3 significant digits: a fixed ~200 KiB whatever the traffic.
             apply_delay_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("valid histogram bounds"),
+            commit_lag_us: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("valid histogram bounds"),
             connected: false,
             primary_epoch: 0,
             primary_last: Lsn(0),
@@ -109,6 +116,29 @@ impl Default for ReplicaStatus {
             last_error: None,
             refused: None,
             bootstrapped_from_snapshot: None,
+        }
+    }
+}
+
+/// Percentiles of a delay histogram (µs), in ms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DelaySummary {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl DelaySummary {
+    pub fn of(h: &hdrhistogram::Histogram<u64>) -> DelaySummary {
+        let ms = |us: u64| us as f64 / 1000.0;
+        DelaySummary {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
         }
     }
 }
@@ -128,9 +158,10 @@ impl ReplicaStatus {
     }
 }
 
-/// Called after each applied batch with the primary's `received_at` (ms) of each entry: the apply
-/// delay per entry is the replication lag the metrics report.
-pub type OnApplied = Box<dyn Fn(&[i64]) + Send + Sync>;
+/// Called after each applied batch with the primary's `received_at` (ms) of each entry and the
+/// batch's commit times on the primary (runs, see `trackstore_engine::commit_clock`), for the metrics' apply delay and
+/// replication lag.
+pub type OnApplied = Box<dyn Fn(&[i64], &[(u32, i64)]) + Send + Sync>;
 
 /// How a promotion request is answered: (epoch, first LSN of the epoch), or why it failed.
 pub type PromoteReply = oneshot::Sender<Result<(u64, Lsn), String>>;
@@ -468,7 +499,7 @@ async fn session(
                     Ok(Err(e)) => return Err(ReplError::Engine(e)),
                     Err(_) => return Err(ReplError::Protocol("the engine closed".into())),
                 };
-                on_applied(&batch.received);
+                on_applied(&batch.received, &batch.committed);
                 {
                     let mut s = status.lock().expect("status lock");
                     s.applied = last;
@@ -476,12 +507,16 @@ async fn session(
                     s.applied_received_ms = batch.received.last().copied().unwrap_or(0);
                     s.bytes_received += batch.bytes;
                     s.entries_applied += batch.received.len() as u64;
-                    let now_us = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_micros() as i64);
+                    let now_us = trackstore_engine::commit_clock::now_us();
                     for r in &batch.received {
                         s.apply_delay_us
                             .saturating_record((now_us - r * 1000).max(1) as u64);
+                    }
+                    for &(n, at) in &batch.committed {
+                        if at > 0 {
+                            s.commit_lag_us
+                                .saturating_record_n((now_us - at).max(1) as u64, u64::from(n));
+                        }
                     }
                 }
                 // Acknowledge when the pipeline drains, and at least every ACK_INTERVAL under a
@@ -510,6 +545,7 @@ async fn session(
                 epoch,
                 first_lsn,
                 entries,
+                committed,
             } => {
                 follower
                     .check_entries(epoch, Lsn(first_lsn), entries.len())
@@ -545,6 +581,7 @@ async fn session(
                 inflight.push_back(Inflight {
                     done: rx,
                     received,
+                    committed,
                     bytes,
                 });
             }
@@ -579,6 +616,8 @@ struct Inflight {
     done: oneshot::Receiver<trackstore_engine::Result<Lsn>>,
     /// The primary's `received_at` (ms) of each entry.
     received: Vec<i64>,
+    /// Their commit times on the primary (runs; empty: unknown).
+    committed: trackstore_engine::CommitRuns,
     bytes: u64,
 }
 

@@ -221,6 +221,7 @@ impl Sim {
                 epoch,
                 first_lsn: ob.next_send.0,
                 entries,
+                committed: Vec::new(),
             },
         };
         self.nodes[p].outbound[i].next_send = Lsn(end.0 + 1);
@@ -378,6 +379,7 @@ impl Sim {
                 epoch,
                 first_lsn,
                 entries,
+                ..
             } => match session
                 .follower
                 .check_entries(epoch, Lsn(first_lsn), entries.len())

@@ -85,6 +85,7 @@ pub struct Metrics {
     rocksdb: Family<RocksLabels, Gauge<f64, AtomicU64>>,
     /// Replica: per entry, primary receive → applied here (the replication lag of that entry).
     pub replication_apply_delay: Histogram,
+    pub replication_commit_lag: Histogram,
     replication_lag_lsn: Gauge,
     replication_lag_seconds: Gauge<f64, AtomicU64>,
     replication_bytes: Family<DirectionLabels, Gauge>,
@@ -152,6 +153,7 @@ impl Metrics {
             rocksdb: Family::default(),
             // 100 µs .. ~52 s.
             replication_apply_delay: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            replication_commit_lag: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             replication_lag_lsn: Gauge::default(),
             replication_lag_seconds: Gauge::default(),
             replication_bytes: Family::default(),
@@ -264,6 +266,13 @@ impl Metrics {
             Unit::Seconds,
             m.replication_apply_delay.clone(),
         );
+        r.register_with_unit(
+            "replication_commit_lag",
+            "Replica: per entry, from its commit on the primary to its durable apply here (entries \
+             whose commit time the primary still knew when it sent them)",
+            Unit::Seconds,
+            m.replication_commit_lag.clone(),
+        );
         r.register(
             "replication_lag_lsn",
             "Replica: entries the primary has that this node has not applied; primary: the \
@@ -341,14 +350,21 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Replica: the primary's receive times (ms) of a batch just applied.
-    pub fn observe_replicated(&self, received_ms: &[i64]) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+    /// Replica: the primary's receive times (ms) of a batch just applied, and its commit times
+    /// (runs of (entries, µs); 0: unknown).
+    pub fn observe_replicated(&self, received_ms: &[i64], committed_us: &[(u32, i64)]) {
+        let now_us = trackstore_engine::commit_clock::now_us();
         for r in received_ms {
             self.replication_apply_delay
-                .observe(((now - r).max(0) as f64) / 1000.0);
+                .observe(((now_us / 1000 - r).max(0) as f64) / 1000.0);
+        }
+        for &(n, at) in committed_us {
+            if at > 0 {
+                let lag = ((now_us - at).max(0) as f64) / 1e6;
+                for _ in 0..n {
+                    self.replication_commit_lag.observe(lag);
+                }
+            }
         }
     }
 

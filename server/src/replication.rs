@@ -308,8 +308,8 @@ impl Replication {
             node: node_name(),
             quarantine_dir: data.join("quarantine"),
         };
-        let on_applied: replica::OnApplied = Box::new(move |received| {
-            metrics.observe_replicated(received);
+        let on_applied: replica::OnApplied = Box::new(move |received, committed| {
+            metrics.observe_replicated(received, committed);
         });
         let this = self.clone();
         let engine = self.engine.clone();
@@ -481,14 +481,18 @@ impl Replication {
                         .map(|p| p.display().to_string())
                         .collect::<Vec<_>>()
                 );
-                let h = &s.apply_delay_us;
-                v["apply_delay_ms"] = json!({
-                    "count": h.len(),
-                    "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
-                    "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-                    "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
-                    "max": h.max() as f64 / 1000.0,
-                });
+                let ms = |h| {
+                    let d = replica::DelaySummary::of(h);
+                    json!({
+                        "count": d.count,
+                        "p50": d.p50_ms,
+                        "p99": d.p99_ms,
+                        "p999": d.p999_ms,
+                        "max": d.max_ms,
+                    })
+                };
+                v["apply_delay_ms"] = ms(&s.apply_delay_us);
+                v["commit_lag_ms"] = ms(&s.commit_lag_us);
                 if let Some(err) = &s.last_error {
                     v["last_error"] = json!(err);
                 }

@@ -59,10 +59,15 @@ async fn a_replica_converges_catches_up_and_refuses_writes() {
     let p = r.expect_problem(503, "read-only-replica", "write to a replica");
     assert_eq!(p["primary"], format!("127.0.0.1:{pp}"), "{p}");
     let metrics = rc.get("/metrics").await.text();
-    assert!(
-        metrics.contains("trackstore_replication_apply_delay_seconds_count"),
-        "replica metrics lack the apply delay"
-    );
+    for m in [
+        "trackstore_replication_apply_delay_seconds_count",
+        "trackstore_replication_commit_lag_seconds_count",
+    ] {
+        assert!(metrics.contains(m), "replica metrics lack {m}");
+    }
+    // Every entry committed while the primary ran, recently enough that it still knew when: each one
+    // has its lag from the commit, never more than its delay from receipt.
+    assert_lag_from_commit(&status, 200_000);
 
     // Catch-up after downtime: the replica misses 50k events, then resumes from its own next LSN.
     assert!(replica.stop().success());
@@ -76,7 +81,26 @@ async fn a_replica_converges_catches_up_and_refuses_writes() {
     let mut rc = replica.client(Proto::H1).await;
     assert_eq!(wait_converged(&mut pc, &mut rc).await, 250_000);
     assert_eq!(digest(&mut pc).await, digest(&mut rc).await);
-    assert_eq!(admin(&mut rc).await["quarantined"], 0);
+    let status = admin(&mut rc).await;
+    assert_eq!(status["quarantined"], 0);
+    assert_lag_from_commit(&status, 50_000);
+}
+
+/// The replica's `commit_lag_ms` (commit on the primary → applied here) covers `entries` entries
+/// and stays at or under `apply_delay_ms` (receipt on the primary → applied here, which starts
+/// earlier and is rounded up to the millisecond).
+fn assert_lag_from_commit(status: &Value, entries: u64) {
+    let (lag, delay) = (&status["commit_lag_ms"], &status["apply_delay_ms"]);
+    assert_eq!(lag["count"], entries, "{status}");
+    assert_eq!(delay["count"], entries, "{status}");
+    for q in ["p50", "p99", "max"] {
+        let (l, d) = (lag[q].as_f64().expect(q), delay[q].as_f64().expect(q));
+        // 3 significant digits in both histograms.
+        assert!(
+            l > 0.0 && l <= d * 1.002,
+            "{q}: commit lag {l} ms, apply delay {d} ms: {status}"
+        );
+    }
 }
 
 /// Writes batches of 10 until stopped; records every acknowledged event id.
