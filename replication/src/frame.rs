@@ -696,9 +696,18 @@ mod tests {
             committed,
         };
         for (committed, error) in [
-            (vec![(1, 5)], "the commit-time runs do not cover the entries"),
-            (vec![(2, 5), (1, 6)], "the commit-time runs do not cover the entries"),
-            (vec![(1, 5), (0, 6), (1, 7)], "more commit-time runs than entries"),
+            (
+                vec![(1, 5)],
+                "the commit-time runs do not cover the entries",
+            ),
+            (
+                vec![(2, 5), (1, 6)],
+                "the commit-time runs do not cover the entries",
+            ),
+            (
+                vec![(1, 5), (0, 6), (1, 7)],
+                "more commit-time runs than entries",
+            ),
         ] {
             let mut buf = BytesMut::from(&entries(committed).to_bytes()[..]);
             assert_eq!(Frame::decode(&mut buf), Err(FrameError::Malformed(error)));
