@@ -6,11 +6,12 @@
 //! from `received_at` instead, it would also count the primary's own queueing and group commit,
 //! which no replica can shorten.
 //!
-//! The engine records each group as it publishes it, before its LSNs are visible to readers, so a
-//! replication session never ships an entry whose time is not recorded yet. `Entries` frames carry
-//! the times as runs (entries, time). The clock remembers the last [`COMMIT_GROUPS_MAX`] groups:
-//! older entries (a replica catching up from far behind) travel without a time, and the replica
-//! measures only their delay from `received_at`.
+//! A writable node's engine records each group as it publishes it, before its LSNs are visible to
+//! readers, so a replication session never ships an entry whose time is not recorded yet. `Entries`
+//! frames carry the times as runs (entries, time). Entries travel without a time, and a replica
+//! measures only their delay from `received_at`, when the primary committed them before its last
+//! start, before it was promoted (a replica records nothing: its commits are applies of another
+//! node's entries), or more than [`COMMIT_GROUPS_MAX`] groups ago (a replica far behind).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 use crate::event::Lsn;
 
 /// Groups remembered: 16 bytes each, 256 KiB in all. At 10k single events/s (groups of a few
-/// events) that is several seconds of commits, far more than a live replica trails by.
+/// events) that is a few seconds of commits, far more than a live replica trails by.
 pub const COMMIT_GROUPS_MAX: usize = 16_384;
 
 /// Runs of (entries, commit time in µs since the Unix epoch, 0 = unknown) covering consecutive
@@ -46,35 +47,35 @@ struct Ring {
     groups: VecDeque<(u64, i64)>,
 }
 
-impl Ring {
-    fn top(&self) -> u64 {
-        self.groups.back().map_or(self.floor, |&(last, _)| last)
-    }
-}
-
 impl CommitClock {
     /// A clock for a log whose entries up to `last` committed before it started (no time known).
     pub fn new(last: Lsn) -> CommitClock {
         CommitClock {
             ring: Mutex::new(Ring {
                 floor: last.0,
-                groups: VecDeque::new(),
+                groups: VecDeque::with_capacity(COMMIT_GROUPS_MAX),
             }),
         }
     }
 
-    /// Records that the LSNs after the last recorded one, up to `last`, committed at `at_us`. A
-    /// commit that adds no LSN (duplicates only) records nothing.
-    pub fn record(&self, last: Lsn, at_us: i64) {
-        let mut ring = self.ring.lock().expect("commit clock lock");
-        if last.0 <= ring.top() {
+    /// Records that LSNs `first..=last` committed at `at_us`; nothing when `last < first` (a commit
+    /// that added no LSN). A group that does not continue the record (LSNs committed without being
+    /// recorded came between: applies before a promotion) starts it over after them.
+    pub fn record(&self, first: Lsn, last: Lsn, at_us: i64) {
+        if last < first {
             return;
         }
-        ring.groups.push_back((last.0, at_us));
-        if ring.groups.len() > COMMIT_GROUPS_MAX {
-            let (oldest, _) = ring.groups.pop_front().expect("over the bound");
+        let mut ring = self.ring.lock().expect("commit clock lock");
+        let top = ring.groups.back().map_or(ring.floor, |&(l, _)| l);
+        if top + 1 != first.0 {
+            ring.groups.clear();
+            ring.floor = first.0 - 1;
+        }
+        if ring.groups.len() == COMMIT_GROUPS_MAX {
+            let (oldest, _) = ring.groups.pop_front().expect("at the bound");
             ring.floor = oldest;
         }
+        ring.groups.push_back((last.0, at_us));
     }
 
     /// The log was truncated back to `last` (rejoin): the times above it are forgotten, and those
@@ -95,15 +96,17 @@ impl CommitClock {
             _ => runs.push((n as u32, at)),
         };
         let mut lsn = first.0;
+        if lsn <= ring.floor {
+            let n = end.min(ring.floor + 1) - lsn;
+            push(n, 0);
+            lsn += n;
+        }
+        // The group holding `lsn`, then the ones after it.
+        let mut groups = ring
+            .groups
+            .range(ring.groups.partition_point(|&(l, _)| l < lsn)..);
         while lsn < end {
-            if lsn <= ring.floor {
-                let n = end.min(ring.floor + 1) - lsn;
-                push(n, 0);
-                lsn += n;
-                continue;
-            }
-            let i = ring.groups.partition_point(|&(last, _)| last < lsn);
-            let Some(&(last, at)) = ring.groups.get(i) else {
+            let Some(&(last, at)) = groups.next() else {
                 push(end - lsn, 0); // not committed
                 break;
             };
@@ -125,10 +128,10 @@ mod tests {
     #[test]
     fn runs_follow_the_groups_and_merge_equal_times() {
         let c = CommitClock::new(Lsn(0));
-        c.record(Lsn(3), 100);
-        c.record(Lsn(4), 200);
-        c.record(Lsn(4), 250); // nothing new: ignored
-        c.record(Lsn(9), 300);
+        c.record(Lsn(1), Lsn(3), 100);
+        c.record(Lsn(4), Lsn(4), 200);
+        c.record(Lsn(5), Lsn(4), 250); // nothing new: ignored
+        c.record(Lsn(5), Lsn(9), 300);
         assert_eq!(c.runs(Lsn(1), 9), vec![(3, 100), (1, 200), (5, 300)]);
         assert_eq!(c.runs(Lsn(2), 4), vec![(2, 100), (1, 200), (1, 300)]);
         assert_eq!(c.runs(Lsn(6), 2), vec![(2, 300)]);
@@ -138,7 +141,7 @@ mod tests {
     fn entries_not_recorded_have_no_time() {
         // Opened with a log up to LSN 10: its entries have no time.
         let c = CommitClock::new(Lsn(10));
-        c.record(Lsn(12), 500);
+        c.record(Lsn(11), Lsn(12), 500);
         assert_eq!(c.runs(Lsn(9), 5), vec![(2, 0), (2, 500), (1, 0)]);
         assert_eq!(c.runs(Lsn(1), 10), CommitRuns::new());
         assert_eq!(c.runs(Lsn(13), 3), CommitRuns::new());
@@ -148,8 +151,9 @@ mod tests {
     fn the_oldest_groups_are_forgotten_past_the_bound() {
         let c = CommitClock::new(Lsn(0));
         for i in 1..=COMMIT_GROUPS_MAX as u64 + 10 {
-            c.record(Lsn(i), i as i64);
+            c.record(Lsn(i), Lsn(i), i as i64);
         }
+        assert_eq!(c.ring.lock().unwrap().groups.len(), COMMIT_GROUPS_MAX);
         assert_eq!(c.runs(Lsn(1), 10), CommitRuns::new());
         assert_eq!(c.runs(Lsn(10), 2), vec![(1, 0), (1, 11)]);
         let last = COMMIT_GROUPS_MAX as u64 + 10;
@@ -159,9 +163,20 @@ mod tests {
     #[test]
     fn a_truncated_log_starts_the_record_over() {
         let c = CommitClock::new(Lsn(0));
-        c.record(Lsn(10), 100);
+        c.record(Lsn(1), Lsn(10), 100);
         c.rewind(Lsn(5));
-        c.record(Lsn(7), 200);
+        c.record(Lsn(6), Lsn(7), 200);
         assert_eq!(c.runs(Lsn(4), 4), vec![(2, 0), (2, 200)]);
+    }
+
+    #[test]
+    fn entries_committed_unrecorded_in_between_have_no_time() {
+        // A replica records nothing (LSNs 1..=20 applied), then is promoted and commits 21..=22.
+        let c = CommitClock::new(Lsn(0));
+        c.record(Lsn(21), Lsn(22), 700);
+        assert_eq!(c.runs(Lsn(1), 22), vec![(20, 0), (2, 700)]);
+        // The same after recorded groups: a gap restarts the record.
+        c.record(Lsn(30), Lsn(30), 800);
+        assert_eq!(c.runs(Lsn(21), 10), vec![(9, 0), (1, 800)]);
     }
 }

@@ -78,9 +78,16 @@ impl CommitNotifier {
         self.cond.notify_all();
     }
 
-    pub(crate) fn publish(&self, info: &CommitInfo<'_>) {
-        self.clock.record(info.last_lsn, now_us());
-        *self.last.lock().expect("commit lock") = info.last_lsn;
+    /// Publishes a commit; `own` when this node created its LSNs (a writable node: a replica's
+    /// commits are applies of its primary's entries, whose commit times are the primary's).
+    pub(crate) fn publish(&self, info: &CommitInfo<'_>, own: bool) {
+        let mut last = self.last.lock().expect("commit lock");
+        if own {
+            // Before the LSNs are visible (`last`): a reader never finds them without a time.
+            self.clock.record(Lsn(last.0 + 1), info.last_lsn, now_us());
+        }
+        *last = info.last_lsn;
+        drop(last);
         self.cond.notify_all();
         for l in self.listeners.read().expect("listeners lock").iter() {
             l(info);
@@ -110,6 +117,13 @@ pub(crate) struct Shared {
     /// Where the next retention step starts in `by_time`: every key below was removed (see
     /// `removal::expire`). Cleared by a commit of an event below it and by an empty step.
     pub(crate) sweep_cursor: Mutex<Option<crate::keys::TimePos>>,
+}
+
+impl Shared {
+    /// This node accepts client writes (a primary not fenced nor stopping for a switchover).
+    pub(crate) fn writable(&self) -> bool {
+        self.read_only.read().expect("mode lock").is_none()
+    }
 }
 
 /// An open store. Reads may be called from any number of threads; writes are queued to one writer

@@ -381,15 +381,18 @@ impl Staged {
                 .expect("epochs lock")
                 .push((epoch, self.first_new));
         }
-        shared.commits.publish(&CommitInfo {
-            last_lsn: self.last,
-            events: 0,
-            requests: self.requests,
-            bytes: self.bytes,
-            write_time,
-            new_events: &[],
-            removed: &self.removed,
-        });
+        shared.commits.publish(
+            &CommitInfo {
+                last_lsn: self.last,
+                events: 0,
+                requests: self.requests,
+                bytes: self.bytes,
+                write_time,
+                new_events: &[],
+                removed: &self.removed,
+            },
+            shared.writable(),
+        );
     }
 }
 

@@ -143,9 +143,10 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     });
     o.set_max_write_buffer_number(4);
     o.set_target_file_size_base(64 << 20);
-    // The index and state families take random keys, so every L0 file overlaps the whole base level,
-    // and a compaction from L0 rewrites all of it (on a young store the base level is the bottom
-    // one, ZSTD). Compacting 8 L0 files at a time instead of RocksDB's 4 halves those rewrites per
+    // The index and state families take keys spread over their whole range (orders, event ids; event
+    // times, late and out of order), so every L0 file overlaps most of the base level, and a
+    // compaction from L0 rewrites most of it (on a young store the base level is the bottom one,
+    // ZSTD). Compacting 8 L0 files at a time instead of RocksDB's 4 halves those rewrites per
     // byte ingested: batches of 1,000 +3–4%, single events +3–10%, server CPU −5%, the delivery day
     // and replication lag unchanged (bench/RESULTS.md, session 13). A point read checks up to 4 more
     // L0 filters; the `log` family (ascending keys, cheap merges) keeps RocksDB's 4.

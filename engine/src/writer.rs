@@ -683,15 +683,19 @@ fn commit_group(shared: &Shared, sealed: Sealed, write_opts: &WriteOptions) {
                         .push((*epoch, *start));
                 }
             }
-            shared.commits.publish(&CommitInfo {
-                last_lsn,
-                events: events as u64,
-                requests: requests as u64,
-                bytes: bytes as u64,
-                write_time: Some(write_time),
-                new_events: written.events(),
-                removed: &[],
-            });
+            shared.commits.publish(
+                &CommitInfo {
+                    last_lsn,
+                    events: events as u64,
+                    requests: requests as u64,
+                    bytes: bytes as u64,
+                    write_time: Some(write_time),
+                    new_events: written.events(),
+                    removed: &[],
+                },
+                // Its LSNs are this node's own unless they are a primary's entries applied here.
+                !planned.iter().any(|p| matches!(p, Planned::Replicate(..))),
+            );
             for p in planned {
                 p.answer(Ok(last_lsn));
             }

@@ -356,6 +356,9 @@ impl Frame {
                 let mut covered = 0u64;
                 for _ in 0..runs {
                     let run = (get_u32(b)?, get_i64(b)?);
+                    if run.0 == 0 {
+                        return Err(FrameError::Malformed("an empty commit-time run"));
+                    }
                     covered += u64::from(run.0);
                     committed.push(run);
                 }
@@ -708,6 +711,7 @@ mod tests {
                 vec![(1, 5), (0, 6), (1, 7)],
                 "more commit-time runs than entries",
             ),
+            (vec![(2, 5), (0, 6)], "an empty commit-time run"),
         ] {
             let mut buf = BytesMut::from(&entries(committed).to_bytes()[..]);
             assert_eq!(Frame::decode(&mut buf), Err(FrameError::Malformed(error)));

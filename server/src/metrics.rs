@@ -83,8 +83,10 @@ pub struct Metrics {
     orders_by_status: Family<StatusLabels, Gauge>,
     writes_refused: Gauge,
     rocksdb: Family<RocksLabels, Gauge<f64, AtomicU64>>,
-    /// Replica: per entry, primary receive → applied here (the replication lag of that entry).
+    /// Replica: per entry, primary receive → applied here.
     pub replication_apply_delay: Histogram,
+    /// Replica: per entry, primary commit → applied here: the replication lag (entries the primary
+    /// sent with a commit time, see `trackstore_engine::commit_clock`).
     pub replication_commit_lag: Histogram,
     replication_lag_lsn: Gauge,
     replication_lag_seconds: Gauge<f64, AtomicU64>,

@@ -67,7 +67,7 @@ async fn a_replica_converges_catches_up_and_refuses_writes() {
     }
     // Every entry committed while the primary ran, recently enough that it still knew when: each one
     // has its lag from the commit, never more than its delay from receipt.
-    assert_lag_from_commit(&status, 200_000);
+    assert_lag_from_commit(&mut rc, 200_000).await;
 
     // Catch-up after downtime: the replica misses 50k events, then resumes from its own next LSN.
     assert!(replica.stop().success());
@@ -81,23 +81,35 @@ async fn a_replica_converges_catches_up_and_refuses_writes() {
     let mut rc = replica.client(Proto::H1).await;
     assert_eq!(wait_converged(&mut pc, &mut rc).await, 250_000);
     assert_eq!(digest(&mut pc).await, digest(&mut rc).await);
-    let status = admin(&mut rc).await;
-    assert_eq!(status["quarantined"], 0);
-    assert_lag_from_commit(&status, 50_000);
+    assert_eq!(admin(&mut rc).await["quarantined"], 0);
+    assert_lag_from_commit(&mut rc, 50_000).await;
 }
 
-/// The replica's `commit_lag_ms` (commit on the primary → applied here) covers `entries` entries
-/// and stays at or under `apply_delay_ms` (receipt on the primary → applied here, which starts
-/// earlier and is rounded up to the millisecond).
-fn assert_lag_from_commit(status: &Value, entries: u64) {
+/// The replica's `commit_lag_ms` (commit on the primary → applied here) covers the same entries
+/// as `apply_delay_ms` (receipt on the primary → applied here), `entries` of them unless the
+/// session was cut with batches in flight, and stays at or under it: it starts later, and
+/// `received_at` is rounded down to the millisecond.
+async fn assert_lag_from_commit(rc: &mut Client, entries: u64) {
+    // The histograms follow the engine's commit by a moment (the session records each batch once
+    // the writer answers it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = admin(rc).await;
+        if status["apply_delay_ms"]["count"] == entries || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let (lag, delay) = (&status["commit_lag_ms"], &status["apply_delay_ms"]);
-    assert_eq!(lag["count"], entries, "{status}");
-    assert_eq!(delay["count"], entries, "{status}");
+    assert_eq!(lag["count"], delay["count"], "{status}");
+    if status["reconnects"] == 0 {
+        assert_eq!(lag["count"], entries, "{status}");
+    }
     for q in ["p50", "p99", "max"] {
         let (l, d) = (lag[q].as_f64().expect(q), delay[q].as_f64().expect(q));
         // 3 significant digits in both histograms.
         assert!(
-            l > 0.0 && l <= d * 1.002,
+            l <= d * 1.002,
             "{q}: commit lag {l} ms, apply delay {d} ms: {status}"
         );
     }
