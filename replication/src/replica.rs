@@ -62,8 +62,8 @@ pub struct ReplicaStatus {
     pub apply_delay_us: hdrhistogram::Histogram<u64>,
     /// Per entry since start: its commit on the primary → durably applied here, in µs: the
     /// replication lag (an acknowledged write is exposed to loss for this long). Only entries the
-    /// primary still knew the commit time of when it sent them (`trackstore_engine::commit_clock`): a replica
-    /// catching up from far behind records its old entries in `apply_delay_us` alone.
+    /// primary sent with a commit time (`trackstore_engine::commit_clock`): those it committed
+    /// long ago (a replica far behind) count in `apply_delay_us` alone.
     pub commit_lag_us: hdrhistogram::Histogram<u64>,
     pub connected: bool,
     pub primary_epoch: u64,
@@ -159,8 +159,8 @@ impl ReplicaStatus {
 }
 
 /// Called after each applied batch with the primary's `received_at` (ms) of each entry and the
-/// batch's commit times on the primary (runs, see `trackstore_engine::commit_clock`), for the metrics' apply delay and
-/// replication lag.
+/// batch's commit times on the primary (runs, see `trackstore_engine::commit_clock`), for the
+/// metrics' apply delay and replication lag.
 pub type OnApplied = Box<dyn Fn(&[i64], &[(u32, i64)]) + Send + Sync>;
 
 /// How a promotion request is answered: (epoch, first LSN of the epoch), or why it failed.
