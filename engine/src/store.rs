@@ -210,8 +210,8 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     // Flushes and compactions write each SST file once, and nothing reads it back through the page
     // cache soon (reads go through the block cache): buffered, every byte was also copied into the
     // page cache and written back by the kernel later, in bursts. With O_DIRECT: batches of 1,000
-    // +2–8%, a replica's catch-up +3–4%, the delivery day +3%, single events and the open loop
-    // unchanged (bench/RESULTS.md, session 13). The WAL stays buffered (it is synced per group).
+    // +2–8%, a replica's catch-up +3–4%; single events, the open loop and the delivery day within
+    // the noise (bench/RESULTS.md, session 13). The WAL stays buffered (it is synced per group).
     if supports_direct_io(path) {
         db_opts.set_use_direct_io_for_flush_and_compaction(true);
     }
