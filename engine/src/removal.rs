@@ -195,7 +195,7 @@ pub(crate) fn apply(
     epoch: u64,
     opts: &WriteOptions,
 ) -> Result<Lsn> {
-    if shared.read_only.read().expect("mode lock").is_none() {
+    if shared.writable() {
         return Err(Error::InvalidArgument(
             "this node accepts writes (primary); it does not apply replicated entries".into(),
         ));

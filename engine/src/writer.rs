@@ -827,7 +827,7 @@ fn plan_command(
             reply,
             ..
         } => {
-            if shared.read_only.read().expect("mode lock").is_none() {
+            if shared.writable() {
                 return reply(Err(Error::InvalidArgument(
                     "this node accepts writes (primary); it does not apply replicated entries"
                         .into(),
