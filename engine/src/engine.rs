@@ -148,7 +148,12 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
 
-const FORMAT: &[u8] = b"trackstore-engine-1";
+/// The store format this build writes. Format 1 always kept a copy of every event in `by_order`;
+/// format 2 may hold positions only there (empty values: a replica's applies, `plan::ByOrderValue`).
+/// This build reads both and marks a format-1 store format 2 on open, so that a format-1 build
+/// refuses it instead of misreading an empty value.
+const FORMAT: &[u8] = b"trackstore-engine-2";
+const FORMATS_UPGRADED: &[&[u8]] = &[b"trackstore-engine-1"];
 
 impl Engine {
     /// Opens the store in `data_dir` (created if missing). After a crash this is recovery: the store
@@ -166,6 +171,9 @@ impl Engine {
         sync.set_sync(true);
         match db.get_pinned_cf(meta, keys::META_FORMAT)? {
             Some(f) if *f == *FORMAT => {}
+            Some(f) if FORMATS_UPGRADED.contains(&&*f) => {
+                db.put_cf_opt(meta, keys::META_FORMAT, FORMAT, &sync)?;
+            }
             Some(f) => {
                 return Err(Error::Corrupt(format!(
                     "unknown store format {:?}; this build reads {:?}",

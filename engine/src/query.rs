@@ -83,6 +83,70 @@ fn next_chunk_len(previous: usize, still_needed: usize) -> usize {
     }
 }
 
+/// The events at `lsns` (in that order) from the log, in one `multi_get`. `index` names the index
+/// that pointed there: an LSN without an event is a corrupt index (callers read both on one
+/// snapshot, or on the writer's thread, so a concurrent removal cannot explain it).
+pub(crate) fn events_at(
+    db: &DB,
+    lsns: &[Lsn],
+    ro: &ReadOptions,
+    index: &str,
+) -> Result<Vec<StoredEvent>> {
+    if lsns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let log = store::handle(db, Cf::Log)?;
+    let ks: Vec<[u8; 8]> = lsns.iter().map(|l| keys::log(*l)).collect();
+    db.batched_multi_get_cf_opt(log, &ks, false, ro)
+        .into_iter()
+        .zip(lsns)
+        .map(|(r, lsn)| {
+            let v =
+                r?.ok_or_else(|| Error::Corrupt(format!("{index} points to missing LSN {lsn}")))?;
+            Ok(codec::decode_event(&v)?)
+        })
+        .collect()
+}
+
+/// The events of `by_order` entries, in the order pushed: decoded from an entry's copy, or fetched
+/// from the log (one `multi_get` for all) for an entry that holds its position only
+/// (`plan::ByOrderValue`).
+#[derive(Default)]
+pub(crate) struct ByOrderEvents {
+    slots: Vec<Option<StoredEvent>>,
+    to_fetch: Vec<Lsn>,
+}
+
+impl ByOrderEvents {
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn push(&mut self, lsn: Lsn, value: &[u8]) -> Result<()> {
+        if value.is_empty() {
+            self.to_fetch.push(lsn);
+            self.slots.push(None);
+        } else {
+            self.slots.push(Some(codec::decode_event(value)?));
+        }
+        Ok(())
+    }
+
+    /// `ro` must read the snapshot the entries were read on (or the writer's own thread read them).
+    pub(crate) fn finish(self, db: &DB, ro: &ReadOptions) -> Result<Vec<StoredEvent>> {
+        let mut fetched = events_at(db, &self.to_fetch, ro, "by_order")?.into_iter();
+        self.slots
+            .into_iter()
+            .map(|slot| match slot {
+                Some(e) => Ok(e),
+                None => fetched.next().ok_or_else(|| {
+                    Error::Corrupt("the log returned fewer events than asked".into())
+                }),
+            })
+            .collect()
+    }
+}
+
 fn check_limit(limit: usize) -> Result<()> {
     if (1..=PAGE_LIMIT_MAX).contains(&limit) {
         Ok(())
@@ -267,9 +331,15 @@ impl Engine {
             None => None,
         };
         let db = self.db();
+        // Entries that hold positions only are fetched from the log, on the same snapshot.
+        let snapshot = db.snapshot();
         let mut ro = store::one_order_read_options(order_id);
+        ro.set_snapshot(&snapshot);
+        let mut fetch_opts = ReadOptions::default();
+        fetch_opts.set_snapshot(&snapshot);
         if in_memory {
             memory_only(&mut ro);
+            memory_only(&mut fetch_opts);
         }
         let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
         // Every seek key holds the order prefix, so that the prefix Bloom filter applies.
@@ -291,28 +361,32 @@ impl Engine {
                 }
             }
         }
-        let mut items = Vec::new();
-        while items.len() < limit {
-            let Some(v) = it.value() else { break };
-            items.push(codec::decode_event(v)?);
+        let mut events = ByOrderEvents::default();
+        let mut last = None;
+        while events.len() < limit {
+            let Some((k, v)) = it.item() else { break };
+            let (_, pos) = keys::decode_by_order(k)?;
+            events.push(pos.lsn, v)?;
+            last = Some(pos);
             match direction {
                 Direction::Asc => it.next(),
                 Direction::Desc => it.prev(),
             }
         }
         it.status()?;
-        let next_cursor = match items.last() {
-            Some(last) if it.valid() => {
-                let pos = TimePos {
-                    at: last.event.occurred_at,
-                    lsn: last.lsn,
-                };
-                Some(
-                    self.shared
-                        .sealer
-                        .seal(kind, &keys::by_time(pos), order_id.as_bytes()),
-                )
-            }
+        let items = events.finish(db, &fetch_opts)?;
+        if let Some(e) = items.iter().find(|e| e.event.order_id != order_id) {
+            return Err(Error::Corrupt(format!(
+                "by_order of order {order_id:?} points to LSN {}, an event of order {:?}",
+                e.lsn, e.event.order_id
+            )));
+        }
+        let next_cursor = match last {
+            Some(last) if it.valid() => Some(self.shared.sealer.seal(
+                kind,
+                &keys::by_time(last),
+                order_id.as_bytes(),
+            )),
             _ => None,
         };
         Ok(Page { items, next_cursor })
@@ -364,7 +438,6 @@ impl Engine {
                 lsn: Lsn(0),
             })),
         }
-        let log = store::handle(db, Cf::Log)?;
         let mut fetch_opts = ReadOptions::default();
         fetch_opts.set_snapshot(&snapshot);
         let (items, resume) = scan_and_fetch(
@@ -376,22 +449,17 @@ impl Engine {
                 Ok((pos, q.statuses.is_empty() || q.statuses.contains(&status)))
             },
             |positions: &[TimePos]| {
-                let ks: Vec<[u8; 8]> = positions.iter().map(|p| keys::log(p.lsn)).collect();
-                db.batched_multi_get_cf_opt(log, &ks, false, &fetch_opts)
+                let lsns: Vec<Lsn> = positions.iter().map(|p| p.lsn).collect();
+                Ok(events_at(db, &lsns, &fetch_opts, "by_time")?
                     .into_iter()
-                    .zip(positions)
-                    .map(|(r, p)| {
-                        let v = r?.ok_or_else(|| {
-                            Error::Corrupt(format!("by_time points to missing LSN {}", p.lsn))
-                        })?;
-                        let e = codec::decode_event(&v)?;
+                    .map(|e| {
                         let wanted = q
                             .carrier
                             .as_ref()
                             .is_none_or(|c| e.event.carrier.as_ref() == Some(c));
-                        Ok(wanted.then_some(e))
+                        wanted.then_some(e)
                     })
-                    .collect()
+                    .collect())
             },
         )?;
         let next_cursor =

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::event::{Lsn, StoredEvent};
 use crate::keys::{self, TimePos};
 use crate::limits::{REMOVAL_EVENTS_MAX, TRIM_SCAN_ENTRIES_MAX};
+use crate::query::ByOrderEvents;
 use crate::state::{OrderState, Stats};
 use crate::store::{self, Cf};
 use crate::time::Timestamp;
@@ -295,19 +296,19 @@ fn order_events(shared: &Shared, order_id: &str) -> Result<Vec<StoredEvent>> {
         store::one_order_read_options(order_id),
     );
     it.seek(keys::by_order_prefix(order_id));
-    let mut out = Vec::new();
-    while let Some(v) = it.value() {
-        if out.len() >= REMOVAL_EVENTS_MAX {
+    let mut events = ByOrderEvents::default();
+    while let Some((k, v)) = it.item() {
+        if events.len() >= REMOVAL_EVENTS_MAX {
             return Err(Error::InvalidArgument(format!(
                 "order {order_id:?} holds more than {REMOVAL_EVENTS_MAX} events, the most one \
                  erasure removes; nothing was erased"
             )));
         }
-        out.push(codec::decode_event(v)?);
+        events.push(keys::decode_by_order(k)?.1.lsn, v)?;
         it.next();
     }
     it.status()?;
-    Ok(out)
+    events.finish(db, &ReadOptions::default())
 }
 
 /// Commits removals at consecutive LSNs after the last one, in one durable batch. Their events must
@@ -614,15 +615,16 @@ fn recompute(
         store::one_order_read_options(order_id),
     );
     it.seek(keys::by_order_prefix(order_id));
-    let mut events = Vec::new();
-    while let Some(v) = it.value() {
-        let e = codec::decode_event(v)?;
-        if keep(e.lsn) {
-            events.push(e);
+    let mut kept = ByOrderEvents::default();
+    while let Some((k, v)) = it.item() {
+        let lsn = keys::decode_by_order(k)?.1.lsn;
+        if keep(lsn) {
+            kept.push(lsn, v)?;
         }
         it.next();
     }
     it.status()?;
+    let mut events = kept.finish(db, &ReadOptions::default())?;
     events.sort_by_key(|e| e.lsn);
     let mut events = events.into_iter();
     let Some(first) = events.next() else {
