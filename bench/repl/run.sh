@@ -50,6 +50,19 @@ events = total("trackstore_commit_group_events_sum") / n
 write_us = total("trackstore_commit_write_duration_seconds_sum") / n * 1e6
 print(f"  primary: {n:,.0f} group commits, {events:.1f} events each, write + fdatasync {write_us:.0f} us on average")'
 }
+commit_tail() { # LABEL, a node's /metrics on stdin: its group commits' write + fdatasync, and how
+                # many took 25.6 ms or longer (a replica's slow commits are lag)
+  python3 -c '
+import re, sys
+t = sys.stdin.read()
+def total(name): return float(re.search(name + r" ([0-9.e+]+)", t).group(1))
+n = total("trackstore_commit_write_duration_seconds_count")
+buckets = {float(le): float(c) for le, c in re.findall(r"trackstore_commit_write_duration_seconds_bucket\{le=\"([0-9.e+-]+)\"\} ([0-9.e+]+)", t)}
+def over(s): return n - max((c for le, c in buckets.items() if le <= s * 1.0001), default=0)
+avg = total("trackstore_commit_write_duration_seconds_sum") / max(n, 1) * 1e6
+print(f"  {sys.argv[1]}: {n:,.0f} group commits, write + fdatasync {avg:.0f} us on average; "
+      f"{over(0.0256):,.0f} took over 25.6 ms, {over(0.1024):,.0f} over 102.4 ms")' "$1"
+}
 fsync_trace() { # PID SECONDS FILE: the writer thread's fdatasync calls for 5 s mid-run (needs perf)
   sleep $(($2 > 6 ? $2 / 2 - 2 : 1))
   local t
@@ -89,6 +102,8 @@ lag) # RATE SECONDS [BATCH]: open-loop ingest of RATE events/s on the primary (s
   sleep 1
   summary "primary (trackload):" "$W/load.json"
   curl -sf "http://127.0.0.1:$RH/v1/admin/replication" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("replica:", json.dumps({k: d[k] for k in ("commit_lag_ms","apply_delay_ms","lag_lsn","last_lsn","reconnects")}))'
+  curl -sf "http://127.0.0.1:$PH/metrics" | commit_tail primary
+  curl -sf "http://127.0.0.1:$RH/metrics" | commit_tail replica
   echo "primary RSS $(rss $P), replica RSS $(rss $R)"
   ;;
 throughput) # SECONDS: closed-loop single-event ingest, 64 connections, without then with a replica

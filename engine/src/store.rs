@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBCompressionType, Options, ReadOptions, SliceTransform, WriteBatch,
+    DBCompressionType, Env, Options, ReadOptions, SliceTransform, WriteBatch,
 };
 
 use crate::error::{Error, Result};
@@ -201,6 +201,14 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     db_opts.create_if_missing(true);
     db_opts.create_missing_column_families(true);
     db_opts.set_max_background_jobs(tuning.background_jobs);
+    // Compactions run at nice 19: on a machine the requests already keep busy, a compaction that
+    // takes a core for seconds queued every request behind it. Their work is done in the gaps
+    // (RocksDB slows writes down if L0 grows too far). Open loop at 24k events/s: p99 151–213 →
+    // 42–79 ms; batches +4–6%; the 3M-call day +3% (bench/RESULTS.md, session 14). Flushes keep
+    // their priority: a stalled flush stops every write once the memtables are full.
+    let mut env = Env::new()?;
+    env.lower_thread_pool_cpu_priority();
+    db_opts.set_env(&env);
     db_opts.set_bytes_per_sync(1 << 20);
     db_opts.set_max_total_wal_size(512 << 20);
     db_opts.set_keep_log_file_num(4);

@@ -1,6 +1,7 @@
-//! Store format 2: a `by_order` entry holds a copy of its event (a primary's appends) or its position
-//! only (a replica's applies: the timeline fetches the event from the log). A format-1 store opens,
-//! reads, verifies and erases, and is marked format 2 so that a format-1 build refuses it afterwards.
+//! The RocksDB store under the engine. Format 2: a `by_order` entry holds a copy of its event (a
+//! primary's appends) or its position only (a replica's applies: the timeline fetches the event from
+//! the log). A format-1 store opens, reads, verifies and erases, and is marked format 2 so that a
+//! format-1 build refuses it afterwards. Compactions run at the lowest CPU priority.
 
 use std::path::Path;
 
@@ -245,4 +246,39 @@ fn a_by_order_entry_without_its_event_is_reported_as_corrupt() {
         other => panic!("expected a corrupt index, got {other:?}"),
     }
     assert!(!engine.verify().expect("verify").is_ok());
+}
+
+/// Compactions run at nice 19 (`store::open`): a thread of RocksDB's low-priority pool lowers its
+/// priority when it takes its first job.
+#[cfg(target_os = "linux")]
+#[test]
+fn compactions_run_at_the_lowest_cpu_priority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+    fill(&engine);
+    engine.flush().expect("flush");
+    engine.compact().expect("compact");
+    let mut low = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+        let task = task.expect("task").path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() != "rocksdb:low" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
+        // Fields after the command's closing parenthesis: state is field 3, nice field 19.
+        let after = &stat[stat.rfind(')').expect("comm end") + 2..];
+        let nice: i32 = after
+            .split(' ')
+            .nth(16)
+            .expect("nice")
+            .parse()
+            .expect("number");
+        low.push(nice);
+    }
+    assert!(!low.is_empty(), "no compaction thread found");
+    assert!(
+        low.iter().all(|n| *n == 19),
+        "compaction threads' nice values: {low:?}"
+    );
 }
