@@ -117,9 +117,28 @@ pub(crate) struct Shared {
     /// Where the next retention step starts in `by_time`: every key below was removed (see
     /// `removal::expire`). Cleared by a commit of an event below it and by an empty step.
     pub(crate) sweep_cursor: Mutex<Option<crate::keys::TimePos>>,
+    /// The store is marked format 2: `by_order` entries may hold positions only.
+    pub(crate) positions_allowed: AtomicBool,
 }
 
 impl Shared {
+    /// Marks the store format 2 (durably, once) before a replicated batch writes positions only.
+    fn allow_positions(&self) -> Result<()> {
+        if self.positions_allowed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut sync = rocksdb::WriteOptions::default();
+        sync.set_sync(true);
+        self.db.put_cf_opt(
+            store::handle(&self.db, Cf::Meta)?,
+            keys::META_FORMAT,
+            FORMAT_POSITIONS,
+            &sync,
+        )?;
+        self.positions_allowed.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// This node accepts client writes (a primary not fenced nor stopping for a switchover).
     pub(crate) fn writable(&self) -> bool {
         self.read_only.read().expect("mode lock").is_none()
@@ -148,12 +167,14 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
 
-/// The store format this build writes. Format 1 always kept a copy of every event in `by_order`;
-/// format 2 may hold positions only there (empty values: a replica's applies, `plan::ByOrderValue`).
-/// This build reads both and marks a format-1 store format 2 on open, so that a format-1 build
-/// refuses it instead of misreading an empty value.
-const FORMAT: &[u8] = b"trackstore-engine-2";
-const FORMATS_UPGRADED: &[&[u8]] = &[b"trackstore-engine-1"];
+/// Store formats. Format 1 keeps a copy of every event in `by_order`, as a primary's appends still
+/// do; format 2 may also hold positions only there (empty values, a replica's applies:
+/// `plan::ByOrderValue`). This build reads both. A store is marked format 2, durably, before its
+/// first position is written (`Shared::allow_positions`), so that a build that reads only format 1
+/// refuses it at open instead of failing on an empty value later; a store that never applied a
+/// replicated entry stays format 1 and can go back to such a build.
+const FORMAT_COPIES: &[u8] = b"trackstore-engine-1";
+const FORMAT_POSITIONS: &[u8] = b"trackstore-engine-2";
 
 impl Engine {
     /// Opens the store in `data_dir` (created if missing). After a crash this is recovery: the store
@@ -169,25 +190,25 @@ impl Engine {
         let meta = store::handle(&db, Cf::Meta)?;
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
-        match db.get_pinned_cf(meta, keys::META_FORMAT)? {
-            Some(f) if *f == *FORMAT => {}
-            Some(f) if FORMATS_UPGRADED.contains(&&*f) => {
-                db.put_cf_opt(meta, keys::META_FORMAT, FORMAT, &sync)?;
-            }
+        let positions_allowed = match db.get_pinned_cf(meta, keys::META_FORMAT)? {
+            Some(f) if *f == *FORMAT_COPIES => false,
+            Some(f) if *f == *FORMAT_POSITIONS => true,
             Some(f) => {
                 return Err(Error::Corrupt(format!(
-                    "unknown store format {:?}; this build reads {:?}",
+                    "unknown store format {:?}; this build reads {:?} and {:?}",
                     String::from_utf8_lossy(&f),
-                    String::from_utf8_lossy(FORMAT)
+                    String::from_utf8_lossy(FORMAT_COPIES),
+                    String::from_utf8_lossy(FORMAT_POSITIONS)
                 )));
             }
             None => {
                 let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(meta, keys::META_FORMAT, FORMAT);
+                batch.put_cf(meta, keys::META_FORMAT, FORMAT_COPIES);
                 batch.put_cf(meta, keys::META_CURSOR_KEY, rand::random::<[u8; 32]>());
                 db.write_opt(batch, &sync)?;
+                false
             }
-        }
+        };
         let cursor_key: [u8; 32] = db
             .get_pinned_cf(meta, keys::META_CURSOR_KEY)?
             .and_then(|k| (*k).try_into().ok())
@@ -252,6 +273,7 @@ impl Engine {
             purge_pending: AtomicU64::new(purge_pending),
             purge_lock: Mutex::new(()),
             sweep_cursor: Mutex::new(None),
+            positions_allowed: AtomicBool::new(positions_allowed),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();
@@ -371,6 +393,14 @@ impl Engine {
                     .map_err(|error| Error::Invalid { index, error })?;
             }
         }
+        // Checked again by the writer (a promotion can come in between); here so that a primary's
+        // store is not marked format 2 by a batch it refuses anyway.
+        if self.shared.writable() {
+            return Err(Error::InvalidArgument(
+                "this node accepts writes (primary); it does not apply replicated entries".into(),
+            ));
+        }
+        self.shared.allow_positions()?;
         let mut commands = split_replicated(entries, epoch);
         let Some(last) = commands.pop() else {
             return Err(Error::BadRequest("an empty replicated batch".into()));

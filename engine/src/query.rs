@@ -103,9 +103,18 @@ pub(crate) fn events_at(
         .map(|(r, lsn)| {
             let v =
                 r?.ok_or_else(|| Error::Corrupt(format!("{index} points to missing LSN {lsn}")))?;
-            Ok(codec::decode_event(&v)?)
+            codec::decode_event(&v)
+                .map_err(|e| Error::Corrupt(format!("{index} points to LSN {lsn}: {e}")))
         })
         .collect()
+}
+
+/// Where a timeline page starts: the order, the direction and the position its cursor names.
+struct TimelineStart<'a> {
+    order_id: &'a str,
+    direction: Direction,
+    kind: CursorKind,
+    after: Option<TimePos>,
 }
 
 /// The events of `by_order` entries, in the order pushed: decoded from an entry's copy, or fetched
@@ -122,6 +131,11 @@ impl ByOrderEvents {
         self.slots.len()
     }
 
+    /// Some entry holds its position only: `finish` reads the log.
+    pub(crate) fn needs_fetch(&self) -> bool {
+        !self.to_fetch.is_empty()
+    }
+
     pub(crate) fn push(&mut self, lsn: Lsn, value: &[u8]) -> Result<()> {
         if value.is_empty() {
             self.to_fetch.push(lsn);
@@ -132,7 +146,8 @@ impl ByOrderEvents {
         Ok(())
     }
 
-    /// `ro` must read the snapshot the entries were read on (or the writer's own thread read them).
+    /// `ro` reads the log: on the snapshot the entries were read on, or later (an event removed in
+    /// between then fails as `Corrupt`).
     pub(crate) fn finish(self, db: &DB, ro: &ReadOptions) -> Result<Vec<StoredEvent>> {
         let mut fetched = events_at(db, &self.to_fetch, ro, "by_order")?.into_iter();
         self.slots
@@ -290,12 +305,35 @@ impl Engine {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<StoredEvent>> {
-        self.timeline_page(order_id, direction, limit, cursor, false)
+        let at = self.timeline_start(order_id, direction, limit, cursor)?;
+        let db = self.db();
+        let read = |ro: ReadOptions, fetch: &ReadOptions| {
+            let (events, resume) = self.timeline_entries(&at, limit, ro)?;
+            let items = events.finish(db, fetch)?;
+            self.timeline_page(&at, items, resume)
+        };
+        // Without a snapshot first: most pages fetch nothing (a primary's entries hold copies), and
+        // a snapshot takes the DB mutex twice. An event fetched for a position can have been removed
+        // since the index was read (`Corrupt`): then once more, both reads on one snapshot.
+        match read(
+            store::one_order_read_options(order_id),
+            &ReadOptions::default(),
+        ) {
+            Err(Error::Corrupt(_)) => {
+                let snapshot = db.snapshot();
+                let mut ro = store::one_order_read_options(order_id);
+                ro.set_snapshot(&snapshot);
+                let mut fetch = ReadOptions::default();
+                fetch.set_snapshot(&snapshot);
+                read(ro, &fetch)
+            }
+            page => page,
+        }
     }
 
     /// `order_timeline` if memory holds the page, like `order_state_in_memory`; pages over
-    /// `IN_MEMORY_PAGE_LIMIT_MAX` events, and pages behind more than `IN_MEMORY_SKIPPED_KEYS_MAX`
-    /// removed entries, always answer `NeedsDisk`.
+    /// `IN_MEMORY_PAGE_LIMIT_MAX` events, pages behind more than `IN_MEMORY_SKIPPED_KEYS_MAX`
+    /// removed entries, and pages with entries that hold positions only, always answer `NeedsDisk`.
     pub fn order_timeline_in_memory(
         &self,
         order_id: &str,
@@ -306,17 +344,30 @@ impl Engine {
         if limit > IN_MEMORY_PAGE_LIMIT_MAX {
             return Ok(InMemory::NeedsDisk);
         }
-        unless_incomplete(self.timeline_page(order_id, direction, limit, cursor, true))
+        let at = self.timeline_start(order_id, direction, limit, cursor)?;
+        let mut ro = store::one_order_read_options(order_id);
+        memory_only(&mut ro);
+        let (events, resume) = match unless_incomplete(self.timeline_entries(&at, limit, ro))? {
+            InMemory::Answered(entries) => entries,
+            InMemory::NeedsDisk => return Ok(InMemory::NeedsDisk),
+        };
+        // RocksDB's batched MultiGet reads data blocks from the files even in the block-cache-only
+        // tier (only index and filter blocks answer `Incomplete`), so a fetch is left to the disk
+        // path.
+        if events.needs_fetch() {
+            return Ok(InMemory::NeedsDisk);
+        }
+        let items = events.finish(self.db(), &ReadOptions::default())?;
+        Ok(InMemory::Answered(self.timeline_page(&at, items, resume)?))
     }
 
-    fn timeline_page(
+    fn timeline_start<'a>(
         &self,
-        order_id: &str,
+        order_id: &'a str,
         direction: Direction,
         limit: usize,
         cursor: Option<&str>,
-        in_memory: bool,
-    ) -> Result<Page<StoredEvent>> {
+    ) -> Result<TimelineStart<'a>> {
         check_limit(limit)?;
         let kind = match direction {
             Direction::Asc => CursorKind::TimelineAsc,
@@ -330,20 +381,27 @@ impl Engine {
             )?)?),
             None => None,
         };
+        Ok(TimelineStart {
+            order_id,
+            direction,
+            kind,
+            after,
+        })
+    }
+
+    /// A timeline page's `by_order` entries, read with `ro` (bounded to the order), and the position
+    /// the next page starts after, if an entry follows.
+    fn timeline_entries(
+        &self,
+        at: &TimelineStart<'_>,
+        limit: usize,
+        ro: ReadOptions,
+    ) -> Result<(ByOrderEvents, Option<TimePos>)> {
+        let (order_id, direction) = (at.order_id, at.direction);
         let db = self.db();
-        // Entries that hold positions only are fetched from the log, on the same snapshot.
-        let snapshot = db.snapshot();
-        let mut ro = store::one_order_read_options(order_id);
-        ro.set_snapshot(&snapshot);
-        let mut fetch_opts = ReadOptions::default();
-        fetch_opts.set_snapshot(&snapshot);
-        if in_memory {
-            memory_only(&mut ro);
-            memory_only(&mut fetch_opts);
-        }
         let mut it = db.raw_iterator_cf_opt(store::handle(db, Cf::ByOrder)?, ro);
         // Every seek key holds the order prefix, so that the prefix Bloom filter applies.
-        match (direction, after) {
+        match (direction, at.after) {
             (Direction::Asc, None) => it.seek(keys::by_order_prefix(order_id)),
             (Direction::Desc, None) => it.seek_for_prev(keys::by_order_last(order_id)),
             (Direction::Asc, Some(pos)) => {
@@ -374,21 +432,27 @@ impl Engine {
             }
         }
         it.status()?;
-        let items = events.finish(db, &fetch_opts)?;
+        Ok((events, last.filter(|_| it.valid())))
+    }
+
+    fn timeline_page(
+        &self,
+        at: &TimelineStart<'_>,
+        items: Vec<StoredEvent>,
+        resume: Option<TimePos>,
+    ) -> Result<Page<StoredEvent>> {
+        let order_id = at.order_id;
         if let Some(e) = items.iter().find(|e| e.event.order_id != order_id) {
             return Err(Error::Corrupt(format!(
                 "by_order of order {order_id:?} points to LSN {}, an event of order {:?}",
                 e.lsn, e.event.order_id
             )));
         }
-        let next_cursor = match last {
-            Some(last) if it.valid() => Some(self.shared.sealer.seal(
-                kind,
-                &keys::by_time(last),
-                order_id.as_bytes(),
-            )),
-            _ => None,
-        };
+        let next_cursor = resume.map(|last| {
+            self.shared
+                .sealer
+                .seal(at.kind, &keys::by_time(last), order_id.as_bytes())
+        });
         Ok(Page { items, next_cursor })
     }
 

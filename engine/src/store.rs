@@ -205,7 +205,9 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     // takes a core for seconds queued every request behind it. Their work is done in the gaps
     // (RocksDB slows writes down if L0 grows too far). Open loop at 24k events/s: p99 151–213 →
     // 42–79 ms; batches +4–6%; the 3M-call day +3% (bench/RESULTS.md, session 14). Flushes keep
-    // their priority: a stalled flush stops every write once the memtables are full.
+    // their priority: a stalled flush stops every write once the memtables are full. A purge's full
+    // compaction runs in the same pool, so on busy cores it takes longer instead. The default Env
+    // is the process's: every store opened here shares its pools.
     let mut env = Env::new()?;
     env.lower_thread_pool_cpu_priority();
     db_opts.set_env(&env);
