@@ -1,8 +1,8 @@
 //! Value encodings of the column families. Every value starts with a format byte so that a later
 //! version can read old data (and an old version refuses new data instead of misreading it).
 //!
-//! Event (in `log`; `by_order` values are empty since store format 2, see `engine.rs`), format 1,
-//! integers big-endian:
+//! Event (in `log`, and in `by_order` for a primary's appends; a replica's `by_order` values are
+//! empty, store format 2 in `engine.rs`), format 1, integers big-endian:
 //!
 //! ```text
 //! 0      u8   format = 1

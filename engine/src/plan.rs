@@ -31,9 +31,9 @@ pub enum Op {
 
 /// What a new event's `by_order` entry holds. A primary serves timelines: a copy of the event makes
 /// one a single scan of adjacent keys (twice the timelines per second of fetching each event from
-/// the log). A replica mostly applies: positions only save it a second copy of every event (7% of
-/// its catch-up) and cost timelines read there, and after a promotion, a fetch per event from the
-/// log (bench/RESULTS.md, session 14). Readers accept both, entry by entry.
+/// the log). A replica mostly applies: positions only spare it a second copy of every event (+5%
+/// catch-up), and its timelines (also after a promotion, for the events applied before it) fetch
+/// each event from the log (bench/RESULTS.md, session 14). Readers accept both, entry by entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ByOrderValue {
     Copy,
