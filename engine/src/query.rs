@@ -84,8 +84,9 @@ fn next_chunk_len(previous: usize, still_needed: usize) -> usize {
 }
 
 /// The events at `lsns` (in that order) from the log, in one `multi_get`. `index` names the index
-/// that pointed there: an LSN without an event is a corrupt index (callers read both on one
-/// snapshot, or on the writer's thread, so a concurrent removal cannot explain it).
+/// that pointed there: an LSN without an event is `Corrupt`, a corrupt index when the index was read
+/// on the same snapshot or on the writer's thread (otherwise a removal since may explain it, and
+/// `order_timeline` reads again on one snapshot).
 pub(crate) fn events_at(
     db: &DB,
     lsns: &[Lsn],
