@@ -153,11 +153,30 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     if cf != Cf::Log {
         o.set_level_zero_file_num_compaction_trigger(L0_FILES_COMPACTION_TRIGGER);
     }
+    // The status index is where "orders in status" queries step over hidden entries: an order
+    // that entered a status and left it again leaves a put and its single delete, and they vanish
+    // only where they meet, in one flush or compaction. Across flushes they sit in different L0
+    // files, so the delivery day's queries of a transient status stepped over ~1,000–2,400 of
+    // them for a page of 100 orders. Compacting every 2 L0 files (and flushing the memtable after
+    // 250 hidden entries in one step, `open`) cut that by 70% and the server's CPU by ~7%
+    // (bench/RESULTS.md, session 15). The family is small (an empty key per order), and a base
+    // level of at most 16 MiB in 4 MiB files keeps each of those frequent compactions small
+    // however many orders the store holds: without it RocksDB sizes the base level from the
+    // bottom one, up to 256 MiB, all of which an L0 file spanning every status overlaps.
+    if cf == Cf::StatusIndex {
+        o.set_level_zero_file_num_compaction_trigger(STATUS_INDEX_L0_FILES_COMPACTION_TRIGGER);
+        o.set_max_bytes_for_level_base(16 << 20);
+        o.set_target_file_size_base(4 << 20);
+    }
     o
 }
 
-/// L0 files that start a compaction, in every family but `log` (see `cf_options`).
+/// L0 files that start a compaction, in every family but `log` and `status_index` (see
+/// `cf_options`).
 const L0_FILES_COMPACTION_TRIGGER: i32 = 8;
+
+/// L0 files that start a compaction of `status_index` (see `cf_options`).
+const STATUS_INDEX_L0_FILES_COMPACTION_TRIGGER: i32 = 2;
 
 /// Filters (and the index) in partitions of about 4 KiB, found through a top-level index pinned in
 /// the cache. `event_ids` holds many small keys: one 64 MiB SST of it can hold 8M+ keys, whose full
@@ -232,15 +251,17 @@ pub fn open(path: &Path, tuning: &Tuning) -> Result<DB> {
     // An "orders in status" query over a transient status (in_transit, out_for_delivery...) steps
     // over every entry that orders left behind in the memtable: put when the order entered the
     // status, single-deleted when it left. RocksDB flushes the status index's memtable once one
-    // iterator step has skipped 1,000 such entries of the active memtable (or, past those 1,000
-    // since the seek, 100 per `Next` on average), and the flush drops each put with its single
-    // delete (a pair split by a live snapshot waits for a compaction). 1,000 beat 5,000 and no flush
-    // in the delivery-day mix (bench/RESULTS.md, session 9). Set here: the Rust binding sets it only
-    // on an open database.
+    // iterator step has skipped 250 such entries of the active memtable (or, past those 250 since
+    // the seek, 100 per `Next` on average), and the flush drops each put with its single delete (a
+    // pair split by a live snapshot waits for a compaction). 1,000 beat 5,000 and no flush in the
+    // delivery-day mix (bench/RESULTS.md, session 9); with the status index's L0 compacted every
+    // 2 files (`cf_options`), 250 skipped a third fewer entries than 1,000 per query; 100 skipped
+    // 30% fewer again, but for 25% more flushes and no measurable CPU gain (session 15). Set here:
+    // the Rust binding sets it only on an open database.
     db.set_options_cf(
         handle(&db, Cf::StatusIndex)?,
         &[
-            ("memtable_op_scan_flush_trigger", "1000"),
+            ("memtable_op_scan_flush_trigger", "250"),
             ("memtable_avg_op_scan_flush_trigger", "100"),
         ],
     )?;

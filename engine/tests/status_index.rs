@@ -146,3 +146,49 @@ fn a_store_with_the_deletes_of_earlier_versions_takes_single_deletes_cleanly() {
         assert_eq!(page.items.len(), want, "{status:?}");
     }
 }
+
+/// A put and its single delete written between two flushes sit in different L0 files, hidden from
+/// queries only until a compaction meets them, so the status index compacts every 2 L0 files
+/// instead of the other index families' 8 (`store::cf_options`).
+#[test]
+fn the_status_index_compacts_its_level_0_early() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+    let path = [
+        Status::Created,
+        Status::Allocated,
+        Status::Picked,
+        Status::InTransit,
+    ];
+    let l0 = |cf| {
+        engine
+            .property(cf, "rocksdb.num-files-at-level0")
+            .expect("property")
+            .expect("an integer property")
+    };
+    for (step, status) in path.into_iter().enumerate() {
+        let events = (0..ORDERS)
+            .map(|order| event(order, step, status))
+            .collect();
+        engine.append(events).expect("append");
+        engine.flush().expect("flush");
+    }
+    // The flushes happened: `orders` keeps its 4 L0 files (below its trigger of 8).
+    assert_eq!(l0(Cf::Orders), path.len() as u64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // RocksDB compacts once the L0 holds 2 files; with the other families' 8 these 4 would stay.
+    while l0(Cf::StatusIndex) >= 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status_index still has {} L0 files",
+            l0(Cf::StatusIndex)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The compactions dropped every pair: only the live entries remain.
+    let keys = engine
+        .property(Cf::StatusIndex, "rocksdb.estimate-num-keys")
+        .expect("property")
+        .expect("an integer property");
+    assert_eq!(keys, ORDERS as u64);
+}
