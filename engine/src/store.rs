@@ -149,20 +149,24 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     // ZSTD). Compacting 8 L0 files at a time instead of RocksDB's 4 halves those rewrites per
     // byte ingested: batches of 1,000 +3–4%, single events +3–10%, server CPU −5%, the delivery day
     // and replication lag unchanged (bench/RESULTS.md, session 13). A point read checks up to 4 more
-    // L0 filters; the `log` family (ascending keys, cheap merges) keeps RocksDB's 4.
+    // L0 filters; the `log` family (ascending keys, cheap merges) keeps RocksDB's 4, and the status
+    // index compacts every 2 (below).
     if cf != Cf::Log {
         o.set_level_zero_file_num_compaction_trigger(L0_FILES_COMPACTION_TRIGGER);
     }
     // The status index is where "orders in status" queries step over hidden entries: an order
     // that entered a status and left it again leaves a put and its single delete, and they vanish
     // only where they meet, in one flush or compaction. Across flushes they sit in different L0
-    // files, so the delivery day's queries of a transient status stepped over ~1,000–2,400 of
+    // files, so the delivery day's queries of a transient status stepped over ~1,000–2,600 of
     // them for a page of 100 orders. Compacting every 2 L0 files (and flushing the memtable after
-    // 250 hidden entries in one step, `open`) cut that by 70% and the server's CPU by ~7%
-    // (bench/RESULTS.md, session 15). The family is small (an empty key per order), and a base
-    // level of at most 16 MiB in 4 MiB files keeps each of those frequent compactions small
-    // however many orders the store holds: without it RocksDB sizes the base level from the
-    // bottom one, up to 256 MiB, all of which an L0 file spanning every status overlaps.
+    // 250 hidden entries in one step, `open`) cut that by 70%: the day's calls/s +7% (3M calls)
+    // and +16% (2M), server CPU −8% and −15%, five alternated pairs of six in favour; batches of
+    // 1,000 lost 0–3% and some p99 (bench/RESULTS.md, session 15). The family is small (an empty
+    // value per order). A base level targeted at 16 MiB in 4 MiB files keeps each of those
+    // frequent compactions small as the store grows: RocksDB would otherwise size the base level
+    // from the bottom one, up to 256 MiB, all of which an L0 file spanning every status overlaps.
+    // It is a target (RocksDB raises it while L0 backs up), it adds levels to a large index, and
+    // it was not measured at that scale: the day's index stays in the bottom level.
     if cf == Cf::StatusIndex {
         o.set_level_zero_file_num_compaction_trigger(STATUS_INDEX_L0_FILES_COMPACTION_TRIGGER);
         o.set_max_bytes_for_level_base(16 << 20);
