@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP front-end benchmarks (issue 3): a fresh release server on a fresh data directory per run,
-# loaded by trackload on the same machine; prints trackload's summary, the server's CPU seconds and
-# its peak RSS. Every run: `bench/http/run.sh SCENARIO [ARGS]`, e.g.
+# loaded by trackload on the same machine; prints trackload's summary, the server's CPU seconds, its
+# peak RSS and trackload's own CPU seconds. Every run: `bench/http/run.sh SCENARIO [ARGS]`, e.g.
 #   bench/http/run.sh ingest 20            # single-event POSTs, 64 keep-alive HTTP/1.1 connections, 20 s
 #   bench/http/run.sh batch 20             # POSTs of 1,000 events, 4 connections, 20 s
 #   bench/http/run.sh read h1 20           # GET /v1/orders/{id} of 30,000 seeded orders (h1, h2 or h3)
@@ -64,14 +64,22 @@ start() { # a fresh server; sets P
   echo "the server did not become ready; see $W/server.err" >&2; exit 1
 }
 
-load() { # trackload arguments...; prints the summary and the server's CPU and RSS
+# CPU seconds of this shell's waited-for children (`times` must run in this shell, not in a $(...)
+# subshell, whose children start from zero): with the server still running, trackload's share.
+children_cpu() { # FILE written by `times`
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }; printf "%.1f", t }' "$1"
+}
+
+load() { # trackload arguments...; prints the summary, the server's CPU and RSS, trackload's CPU
   local before rc=0; before=$(cpu_s "$P")
+  times >"$W/times.before"
   # shellcheck disable=SC2086
   "$BIN/trackload" "$@" ${LOAD_ARGS:-} --json >"$W/load.json" || rc=$?
+  times >"$W/times.after"
   [ "$rc" = 0 ] || echo "  trackload exited with $rc (3: read-your-writes violations)"
   summary "$W/load.json"
   curl -sf "http://127.0.0.1:$H/metrics" >"$W/metrics.txt" || true # the server's own histograms
-  echo "  server: $(python3 -c "print(f'{$(cpu_s "$P") - $before:.1f}')") s CPU while trackload ran (seeding included), peak RSS $(rss "$P")"
+  echo "  server: $(python3 -c "print(f'{$(cpu_s "$P") - $before:.1f}')") s CPU while trackload ran (seeding included), peak RSS $(rss "$P"); trackload $(python3 -c "print(f'{$(children_cpu "$W/times.after") - $(children_cpu "$W/times.before"):.1f}')") s CPU"
   return "$rc"
 }
 
@@ -94,6 +102,8 @@ read) # PROTO SECONDS
 open) # RATE SECONDS [CONNECTIONS]
   start; load ingest --url "http://127.0.0.1:$H" --rate "${2:-7000}" --connections "${4:-64}" --duration "${3:-300}s" ;;
 day)
-  start; load day --url "http://127.0.0.1:$H" --requests "${DAY_REQUESTS:-10000000}" ;;
+  # One runtime thread: trackload takes ~20% of the machine's CPU in the day, and one thread needs
+  # no cross-thread wake-ups (docs/trackload.md).
+  start; load day --url "http://127.0.0.1:$H" --requests "${DAY_REQUESTS:-10000000}" --threads 1 ;;
 *) echo "usage: $0 ingest|batch|read|open|day [ARGS]" >&2; exit 2 ;;
 esac

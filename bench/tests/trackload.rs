@@ -504,6 +504,9 @@ fn day_reports_its_wall_time_with_requests_overridden() {
         "8",
         "--seed",
         "7",
+        // As bench/http/run.sh runs the day: one runtime thread drives every connection.
+        "--threads",
+        "1",
     ]);
     a.extend(server.target("h2"));
     let s = trackload(dir.path(), &a);
@@ -563,6 +566,7 @@ fn bad_arguments_are_refused_with_a_reason() {
         (args(&["ingest", "--streams", "4"]), "h2 or h3"),
         (args(&["ingest", "--rate", "0"]), "--rate"),
         (args(&["ingest", "--late", "0.9"]), "late"),
+        (args(&["ingest", "--threads", "0"]), "--threads"),
     ] {
         let (ok, _, err) = trackload_raw(&a);
         assert!(!ok, "{a:?} must fail");

@@ -19,6 +19,11 @@ use trackstore_bench::load::traffic::{Mix, TrafficConfig};
 use trackstore_client::{Proto, Trust};
 use trackstore_engine::Timestamp;
 
+/// mimalloc, as in the server: trackload shares the machine with the server it measures, and
+/// glibc's malloc was ~10% of its CPU in the delivery day.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Calls of the `day` scenario unless `--requests` says otherwise.
 const DAY_CALLS: u64 = 10_000_000;
 /// Measured phase when neither `--duration` nor `--requests` is given (other than `day`).
@@ -70,6 +75,12 @@ struct Args {
     /// Calls in the measured phase (day: 10,000,000 by default).
     #[arg(long)]
     requests: Option<u64>,
+    /// Threads of trackload's async runtime (default: one per CPU). On the server's own machine,
+    /// `--threads 1` leaves it more CPU: one thread driving every connection needs no cross-thread
+    /// wake-ups (a 1M-call `day`: trackload's CPU −10%, calls/s +1–5%, bench/RESULTS.md). It caps
+    /// trackload at one core, so check its CPU against the rate (reads at 100k/s need more).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Per-request timeout.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
@@ -252,8 +263,17 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
-    let (cfg, hist_out, svg_out, json) = config(Args::parse())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let args = Args::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => {
+            builder.worker_threads(n);
+        }
+        None => {}
+    }
+    let (cfg, hist_out, svg_out, json) = config(args)?;
+    let runtime = builder
         .enable_all()
         .thread_name("trackload")
         .build()
