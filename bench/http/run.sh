@@ -67,7 +67,7 @@ start() { # a fresh server; sets P
 # CPU seconds of this shell's waited-for children (`times` must run in this shell, not in a $(...)
 # subshell, whose children start from zero): with the server still running, trackload's share.
 children_cpu() { # FILE written by `times`
-  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }; printf "%.1f", t }' "$1"
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { gsub(",", ".", $i); split($i, a, /[ms]/); t += a[1] * 60 + a[2] }; printf "%.1f", t }' "$1"
 }
 
 load() { # trackload arguments...; prints the summary, the server's CPU and RSS, trackload's CPU

@@ -20,7 +20,7 @@ use trackstore_client::{Proto, Trust};
 use trackstore_engine::Timestamp;
 
 /// mimalloc, as in the server: trackload shares the machine with the server it measures, and
-/// glibc's malloc was ~10% of its CPU in the delivery day.
+/// with glibc's malloc it took 13% more CPU in the delivery day (bench/RESULTS.md, session 16).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -75,10 +75,11 @@ struct Args {
     /// Calls in the measured phase (day: 10,000,000 by default).
     #[arg(long)]
     requests: Option<u64>,
-    /// Threads of trackload's async runtime (default: one per CPU). On the server's own machine,
-    /// `--threads 1` leaves it more CPU: one thread driving every connection needs no cross-thread
-    /// wake-ups (a 1M-call `day`: trackload's CPU −10%, calls/s +1–5%, bench/RESULTS.md). It caps
-    /// trackload at one core, so check its CPU against the rate (reads at 100k/s need more).
+    /// Worker threads of trackload's async runtime (default: one per CPU). On the server's own
+    /// machine, `--threads 1` leaves it more CPU: in a closed loop one thread drives every
+    /// connection without cross-thread wake-ups (a 1M-call `day`: trackload's CPU −10%, calls/s
+    /// +1–5%, bench/RESULTS.md). It caps the connections' work at one core (an open loop also has
+    /// its dispatcher thread), so check trackload's CPU against the rate.
     #[arg(long)]
     threads: Option<usize>,
     /// Per-request timeout.

@@ -555,7 +555,7 @@ async fn open_loop(
     let pacer = Pacer::new(rate, cfg.requests, end_ns);
     let shared_d = Arc::clone(shared);
     // A thread, not a task: it sleeps with the OS timer's ~60 µs precision instead of tokio's 1 ms
-    // wheel, and it never waits behind the lanes' work on the runtime's two threads.
+    // wheel, and it never waits behind the lanes' work on the runtime's threads.
     let dispatcher = std::thread::Builder::new()
         .name("trackload-dispatch".into())
         .spawn(move || dispatch(pacer, start, senders, &shared_d))
