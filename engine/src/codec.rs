@@ -34,6 +34,10 @@
 //!
 //! Erasure record (`meta/erasure/LSN`): u8 format = 1, i64 erased at, u64 events, salt, digest.
 //!
+//! Status index entry (in `status_index`, store format 3): u8 format = 1, then the order's carrier as
+//! UTF-8 (nothing when it has none; a carrier is never empty). Stores written before format 3 hold
+//! empty values, which record no carrier (`StatusEntry::Unrecorded`).
+//!
 //! Stats (`meta/stats`): u8 format = 1, u64 orders, u64 events, u64 last_lsn, 12 × u64 orders by status.
 //! Epoch (`meta/epoch/N`): u8 format = 1, u64 first LSN of the epoch.
 
@@ -580,6 +584,40 @@ pub fn decode_epoch_start(bytes: &[u8]) -> Result<Lsn, ValueError> {
     r.finish(lsn)
 }
 
+/// `status_index` values: the order's carrier, so that "orders in status" filtered by carrier reads
+/// no order state for the orders of other carriers.
+pub fn encode_status_entry(carrier: Option<&str>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + carrier.map_or(0, str::len));
+    v.push(FORMAT_V1);
+    if let Some(c) = carrier {
+        v.extend_from_slice(c.as_bytes());
+    }
+    v
+}
+
+/// What a `status_index` value says about the order's carrier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusEntry<'a> {
+    /// Written before store format 3: the carrier is only in the order's state.
+    Unrecorded,
+    Carrier(Option<&'a str>),
+}
+
+pub fn decode_status_entry(bytes: &[u8]) -> Result<StatusEntry<'_>, ValueError> {
+    let err = |reason| ValueError {
+        what: "status_index",
+        reason,
+    };
+    match bytes {
+        [] => Ok(StatusEntry::Unrecorded),
+        [FORMAT_V1] => Ok(StatusEntry::Carrier(None)),
+        [FORMAT_V1, carrier @ ..] => std::str::from_utf8(carrier)
+            .map(|c| StatusEntry::Carrier(Some(c)))
+            .map_err(|_| err("carrier is not UTF-8")),
+        _ => Err(err("unknown format version")),
+    }
+}
+
 /// `by_time` values: the event's status, so that a status filter needs no log read.
 pub fn encode_time_entry(status: Status) -> [u8; 1] {
     [status.to_byte()]
@@ -755,7 +793,21 @@ mod tests {
             let _ = decode_state(&bytes);
             let _ = decode_stats(&bytes);
             let _ = decode_epoch_start(&bytes);
+            let _ = decode_status_entry(&bytes);
         }
+
+        #[test]
+        fn status_entries_round_trip(carrier in proptest::option::of("[a-z0-9 é-]{1,20}")) {
+            let bytes = encode_status_entry(carrier.as_deref());
+            prop_assert_eq!(decode_status_entry(&bytes), Ok(StatusEntry::Carrier(carrier.as_deref())));
+        }
+    }
+
+    #[test]
+    fn status_entries_written_before_format_3_and_foreign_ones() {
+        assert_eq!(decode_status_entry(&[]), Ok(StatusEntry::Unrecorded));
+        assert!(decode_status_entry(&[2, b'x']).is_err(), "unknown version");
+        assert!(decode_status_entry(&[1, 0xff]).is_err(), "not UTF-8");
     }
 
     #[test]

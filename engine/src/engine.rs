@@ -117,14 +117,14 @@ pub(crate) struct Shared {
     /// Where the next retention step starts in `by_time`: every key below was removed (see
     /// `removal::expire`). Cleared by a commit of an event below it and by an empty step.
     pub(crate) sweep_cursor: Mutex<Option<crate::keys::TimePos>>,
-    /// The store is marked format 2: `by_order` entries may hold positions only.
-    pub(crate) positions_allowed: AtomicBool,
+    /// The store is marked format 3 (see `FORMAT_CARRIERS`).
+    pub(crate) format_marked: AtomicBool,
 }
 
 impl Shared {
-    /// Marks the store format 2 (durably, once) before a replicated batch writes positions only.
-    fn allow_positions(&self) -> Result<()> {
-        if self.positions_allowed.load(Ordering::Acquire) {
+    /// Marks the store format 3, durably, once: before this build's first write to it.
+    pub(crate) fn mark_format(&self) -> Result<()> {
+        if self.format_marked.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut sync = rocksdb::WriteOptions::default();
@@ -132,10 +132,10 @@ impl Shared {
         self.db.put_cf_opt(
             store::handle(&self.db, Cf::Meta)?,
             keys::META_FORMAT,
-            FORMAT_POSITIONS,
+            FORMAT_CARRIERS,
             &sync,
         )?;
-        self.positions_allowed.store(true, Ordering::Release);
+        self.format_marked.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -169,12 +169,16 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 
 /// Store formats. Format 1 keeps a copy of every event in `by_order`, as a primary's appends still
 /// do; format 2 may also hold positions only there (empty values, a replica's applies:
-/// `plan::ByOrderValue`). This build reads both. A store is marked format 2, durably, before its
-/// first position is written (`Shared::allow_positions`), so that a build that reads only format 1
-/// refuses it at open instead of failing on an empty value later; a store that never applied a
-/// replicated entry stays format 1 and can go back to such a build.
+/// `plan::ByOrderValue`); format 3 also records each order's carrier in its `status_index` entry
+/// (`codec::encode_status_entry`), which this build rewrites when the carrier changes and older
+/// builds would not. This build reads all three, entry by entry (format 1 and 2 index entries are
+/// empty: `codec::StatusEntry::Unrecorded`). A store is marked format 3, durably, before this
+/// build's first write to it (`Shared::mark_format`), so that an older build refuses it at open
+/// instead of leaving stale carriers in the index; a store this build only opened and read
+/// (`trackctl verify`, `trackctl checkpoint`) keeps its format.
 const FORMAT_COPIES: &[u8] = b"trackstore-engine-1";
 const FORMAT_POSITIONS: &[u8] = b"trackstore-engine-2";
+const FORMAT_CARRIERS: &[u8] = b"trackstore-engine-3";
 
 impl Engine {
     /// Opens the store in `data_dir` (created if missing). After a crash this is recovery: the store
@@ -190,23 +194,24 @@ impl Engine {
         let meta = store::handle(&db, Cf::Meta)?;
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
-        let positions_allowed = match db.get_pinned_cf(meta, keys::META_FORMAT)? {
-            Some(f) if *f == *FORMAT_COPIES => false,
-            Some(f) if *f == *FORMAT_POSITIONS => true,
+        let format_marked = match db.get_pinned_cf(meta, keys::META_FORMAT)? {
+            Some(f) if *f == *FORMAT_CARRIERS => true,
+            Some(f) if *f == *FORMAT_COPIES || *f == *FORMAT_POSITIONS => false,
             Some(f) => {
                 return Err(Error::Corrupt(format!(
-                    "unknown store format {:?}; this build reads {:?} and {:?}",
+                    "unknown store format {:?}; this build reads {:?}, {:?} and {:?}",
                     String::from_utf8_lossy(&f),
                     String::from_utf8_lossy(FORMAT_COPIES),
-                    String::from_utf8_lossy(FORMAT_POSITIONS)
+                    String::from_utf8_lossy(FORMAT_POSITIONS),
+                    String::from_utf8_lossy(FORMAT_CARRIERS)
                 )));
             }
             None => {
                 let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(meta, keys::META_FORMAT, FORMAT_COPIES);
+                batch.put_cf(meta, keys::META_FORMAT, FORMAT_CARRIERS);
                 batch.put_cf(meta, keys::META_CURSOR_KEY, rand::random::<[u8; 32]>());
                 db.write_opt(batch, &sync)?;
-                false
+                true
             }
         };
         let cursor_key: [u8; 32] = db
@@ -273,7 +278,7 @@ impl Engine {
             purge_pending: AtomicU64::new(purge_pending),
             purge_lock: Mutex::new(()),
             sweep_cursor: Mutex::new(None),
-            positions_allowed: AtomicBool::new(positions_allowed),
+            format_marked: AtomicBool::new(format_marked),
         });
         let (tx, rx) = bounded(WRITER_QUEUE_REQUESTS_MAX);
         let writer_shared = shared.clone();
@@ -393,14 +398,13 @@ impl Engine {
                     .map_err(|error| Error::Invalid { index, error })?;
             }
         }
-        // Checked again by the writer (a promotion can come in between); here so that a primary's
-        // store is not marked format 2 by a batch it refuses anyway.
+        // Checked again by the writer (a promotion can come in between); here to refuse before
+        // queueing anything.
         if self.shared.writable() {
             return Err(Error::InvalidArgument(
                 "this node accepts writes (primary); it does not apply replicated entries".into(),
             ));
         }
-        self.shared.allow_positions()?;
         let mut commands = split_replicated(entries, epoch);
         let Some(last) = commands.pop() else {
             return Err(Error::BadRequest("an empty replicated batch".into()));

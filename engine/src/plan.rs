@@ -57,10 +57,36 @@ impl Outcome {
     }
 }
 
+/// What an order's `status_index` entry holds: its status (in the key) and its carrier (the value).
+/// An entry is rewritten when either changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub(crate) status: Status,
+    pub(crate) carrier: Option<String>,
+}
+
+impl IndexEntry {
+    pub(crate) fn of(state: &OrderState) -> IndexEntry {
+        IndexEntry {
+            status: state.status.value,
+            carrier: state.carrier.as_ref().map(|c| c.value.clone()),
+        }
+    }
+
+    pub(crate) fn key(&self, order_id: &str) -> Vec<u8> {
+        keys::status_index(self.status, order_id)
+    }
+
+    /// The entry's value (`GroupPlan::finish` encodes it from the state it borrows instead).
+    pub(crate) fn value(&self) -> Vec<u8> {
+        codec::encode_status_entry(self.carrier.as_deref())
+    }
+}
+
 #[derive(Debug)]
 struct OrderEntry {
-    /// Status in the committed store, before this group (None: a new order).
-    committed_status: Option<Status>,
+    /// The order's index entry in the committed store, before this group (None: a new order).
+    committed: Option<IndexEntry>,
     state: OrderState,
 }
 
@@ -85,7 +111,7 @@ struct Undo {
     new_events: usize,
     bytes: usize,
     /// Orders touched by the request and their entry before it (None: first touched by it).
-    orders: HashMap<String, Option<(Option<Status>, OrderState)>>,
+    orders: HashMap<String, Option<(Option<IndexEntry>, OrderState)>>,
 }
 
 impl GroupPlan {
@@ -138,14 +164,9 @@ impl GroupPlan {
         }
         for (order_id, before) in undo.orders {
             match before {
-                Some((committed_status, state)) => {
-                    self.orders.insert(
-                        order_id,
-                        OrderEntry {
-                            committed_status,
-                            state,
-                        },
-                    );
+                Some((committed, state)) => {
+                    self.orders
+                        .insert(order_id, OrderEntry { committed, state });
                 }
                 None => {
                     self.orders.remove(&order_id);
@@ -323,7 +344,7 @@ impl GroupPlan {
                 if !undo.orders.contains_key(&e.order_id) {
                     undo.orders.insert(
                         e.order_id.clone(),
-                        Some((entry.committed_status, entry.state.clone())),
+                        Some((entry.committed.clone(), entry.state.clone())),
                     );
                 }
                 entry.state.apply(&stored);
@@ -332,17 +353,14 @@ impl GroupPlan {
                 undo.orders.insert(e.order_id.clone(), None);
                 let entry = match lookup.order_state(&e.order_id)? {
                     Some(mut state) => {
-                        let committed_status = Some(state.status.value);
+                        let committed = Some(IndexEntry::of(&state));
                         state.apply(&stored);
-                        OrderEntry {
-                            committed_status,
-                            state,
-                        }
+                        OrderEntry { committed, state }
                     }
                     None => {
                         self.stats.orders += 1;
                         OrderEntry {
-                            committed_status: None,
+                            committed: None,
                             state: OrderState::new(&stored),
                         }
                     }
@@ -375,19 +393,25 @@ impl GroupPlan {
     pub fn finish(mut self) -> (Vec<Op>, Stats, Written) {
         for (order_id, entry) in &self.orders {
             let status = entry.state.status.value;
-            if entry.committed_status != Some(status) {
-                if let Some(old) = entry.committed_status {
-                    *self.stats.orders_in_mut(old) -= 1;
-                    self.ops.push(Op::Delete(
-                        Cf::StatusIndex,
-                        keys::status_index(old, order_id),
-                    ));
+            let carrier = entry.state.carrier.as_ref().map(|c| c.value.as_str());
+            let unchanged = entry
+                .committed
+                .as_ref()
+                .is_some_and(|c| c.status == status && c.carrier.as_deref() == carrier);
+            if !unchanged {
+                // A carrier change alone deletes and puts the same key: the writer keeps the two
+                // in this order (a stable sort), and a put after a single delete keeps its
+                // contract (at most one put between single deletes).
+                if let Some(old) = &entry.committed {
+                    *self.stats.orders_in_mut(old.status) -= 1;
+                    self.ops
+                        .push(Op::Delete(Cf::StatusIndex, old.key(order_id)));
                 }
                 *self.stats.orders_in_mut(status) += 1;
                 self.ops.push(Op::Put(
                     Cf::StatusIndex,
                     keys::status_index(status, order_id),
-                    Vec::new(),
+                    codec::encode_status_entry(carrier),
                 ));
             }
             self.ops.push(Op::Put(
@@ -485,14 +509,32 @@ mod tests {
     struct MapStore(HashMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>);
 
     impl MapStore {
+        /// Applies `ops` in the writer's order (`writer::in_key_order`: a stable sort), and checks
+        /// the single-delete contract of the status index: a put only where no entry is, a delete
+        /// only of an entry.
         fn apply(&mut self, ops: Vec<Op>) {
+            let mut ops = ops;
+            ops.sort_by(|a, b| {
+                let k = |op: &Op| match op {
+                    Op::Put(cf, k, _) | Op::Delete(cf, k) => (*cf as usize, k.clone()),
+                };
+                k(a).cmp(&k(b))
+            });
             for op in ops {
                 match op {
                     Op::Put(cf, k, v) => {
-                        self.0.entry(cf).or_default().insert(k, v);
+                        let old = self.0.entry(cf).or_default().insert(k, v);
+                        assert!(
+                            cf != Cf::StatusIndex || old.is_none(),
+                            "a second put of a status index entry"
+                        );
                     }
                     Op::Delete(cf, k) => {
-                        self.0.entry(cf).or_default().remove(&k);
+                        let old = self.0.entry(cf).or_default().remove(&k);
+                        assert!(
+                            cf != Cf::StatusIndex || old.is_some(),
+                            "a single delete of a missing status index entry"
+                        );
                     }
                 }
             }
@@ -677,6 +719,69 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_status_index_records_the_carrier_and_follows_its_changes() {
+        let with_carrier = |id: &str, status, at, carrier: Option<&str>| Event {
+            carrier: carrier.map(str::to_owned),
+            ..event(id, "o1", status, at)
+        };
+        let index_ops = |ops: &[Op]| -> Vec<Op> {
+            ops.iter()
+                .filter(|op| {
+                    matches!(
+                        op,
+                        Op::Put(Cf::StatusIndex, ..) | Op::Delete(Cf::StatusIndex, _)
+                    )
+                })
+                .cloned()
+                .collect()
+        };
+        let key = keys::status_index(Status::Picked, "o1");
+        let mut store = MapStore::default();
+        let mut stats = Stats::default();
+        // (event, the index operations its group must plan)
+        let steps = [
+            // A new order: a put, with its carrier.
+            (
+                with_carrier("a", Status::Picked, 10, Some("dpd")),
+                vec![Op::Put(
+                    Cf::StatusIndex,
+                    key.clone(),
+                    codec::encode_status_entry(Some("dpd")),
+                )],
+            ),
+            // The carrier changes, the status does not: a delete, then a put of the same key.
+            (
+                with_carrier("b", Status::Picked, 20, Some("ups")),
+                vec![
+                    Op::Delete(Cf::StatusIndex, key.clone()),
+                    Op::Put(
+                        Cf::StatusIndex,
+                        key.clone(),
+                        codec::encode_status_entry(Some("ups")),
+                    ),
+                ],
+            ),
+            // Neither changes (no carrier given keeps the last one): nothing.
+            (with_carrier("c", Status::Picked, 30, None), vec![]),
+            // A late event with another carrier does not change the state's carrier: nothing.
+            (with_carrier("d", Status::Picked, 5, Some("dhl")), vec![]),
+        ];
+        for (event, want) in steps {
+            let mut plan = GroupPlan::new(stats);
+            plan.plan_append(&store, vec![event], T).expect("valid");
+            let (ops, after, _) = plan.finish();
+            assert_eq!(index_ops(&ops), want);
+            store.apply(ops);
+            stats = after;
+            assert_eq!(stats.orders_in(Status::Picked), 1);
+        }
+        assert_eq!(
+            store.get(Cf::StatusIndex, &key),
+            Some(&codec::encode_status_entry(Some("ups")))
+        );
+    }
+
     /// Groups of requests over few orders and event ids: duplicates of earlier groups' events,
     /// conflicts, status moves forward and back, new and known orders.
     fn requests(group: u64) -> Vec<Vec<Event>> {
@@ -689,12 +794,17 @@ mod tests {
                         let id = format!("e{}", n % 19);
                         // The same id keeps the same event, except every 11th, a conflict.
                         let key = n % 19 + if n.is_multiple_of(11) { 100 } else { 0 };
-                        event(
-                            &id,
-                            &format!("o{}", key % 5),
-                            statuses[(key % 3) as usize],
-                            key as i64,
-                        )
+                        // Carriers change with and without the status (and some events name none).
+                        let carrier = ["dpd", "ups", ""][(key % 4 % 3) as usize];
+                        Event {
+                            carrier: (!carrier.is_empty()).then(|| carrier.to_owned()),
+                            ..event(
+                                &id,
+                                &format!("o{}", key % 5),
+                                statuses[(key % 3) as usize],
+                                key as i64,
+                            )
+                        }
                     })
                     .collect()
             })

@@ -572,9 +572,18 @@ impl Engine {
         let (items, resume) = scan_and_fetch(
             &mut it,
             limit,
-            |k, _| {
+            |k, v| {
                 let (_, order_id) = keys::decode_status_index(k)?;
-                Ok((order_id.as_bytes().to_vec(), true))
+                // The entry's carrier decides without the order's state; an entry written before
+                // store format 3 does not record it, and the state (fetched below) decides.
+                let wanted = match carrier {
+                    None => true,
+                    Some(c) => match codec::decode_status_entry(v)? {
+                        codec::StatusEntry::Unrecorded => true,
+                        codec::StatusEntry::Carrier(recorded) => recorded == Some(c),
+                    },
+                };
+                Ok((order_id.as_bytes().to_vec(), wanted))
             },
             |ids: &[Vec<u8>]| {
                 db.batched_multi_get_cf_opt(orders, ids, true, &fetch_opts)

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::event::{Lsn, StoredEvent};
 use crate::keys::{self, TimePos};
 use crate::limits::{REMOVAL_EVENTS_MAX, TRIM_SCAN_ENTRIES_MAX};
+use crate::plan::IndexEntry;
 use crate::query::ByOrderEvents;
 use crate::state::{OrderState, Stats};
 use crate::store::{self, Cf};
@@ -330,6 +331,7 @@ fn commit_many(
     fail::fail_point!("engine::write_group", |_| Err(Error::Poisoned(
         "injected write failure".to_owned()
     )));
+    shared.mark_format()?;
     let _purge = shared.purge_lock.lock().expect("purge lock");
     shared
         .db
@@ -569,21 +571,22 @@ pub(crate) fn restate_orders<'a>(
         } else {
             recompute(shared, order_id, &keep)?
         };
-        let old_status = before.as_ref().map(|s| s.status.value);
-        let new_status = after.as_ref().map(|s| s.status.value);
-        if old_status != new_status {
-            if let Some(old) = old_status {
-                *stats.orders_in_mut(old) -= 1;
+        // As `GroupPlan::finish`: the entry moves when the status or the carrier changes.
+        let old = before.as_ref().map(IndexEntry::of);
+        let new = after.as_ref().map(IndexEntry::of);
+        if old != new {
+            if let Some(old) = &old {
+                *stats.orders_in_mut(old.status) -= 1;
                 store::delete(
                     batch,
                     Cf::StatusIndex,
                     h(Cf::StatusIndex)?,
-                    keys::status_index(old, order_id),
+                    old.key(order_id),
                 );
             }
-            if let Some(new) = new_status {
-                *stats.orders_in_mut(new) += 1;
-                batch.put_cf(h(Cf::StatusIndex)?, keys::status_index(new, order_id), []);
+            if let Some(new) = &new {
+                *stats.orders_in_mut(new.status) += 1;
+                batch.put_cf(h(Cf::StatusIndex)?, new.key(order_id), new.value());
             }
         }
         match &after {

@@ -161,8 +161,8 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     // them for a page of 100 orders. Compacting every 2 L0 files (and flushing the memtable after
     // 250 hidden entries in one step, `open`) cut that by 70%: the day's calls/s +7% (3M calls)
     // and +16% (2M), server CPU −8% and −15%, five alternated pairs of six in favour; batches of
-    // 1,000 lost 0–3% and some p99 (bench/RESULTS.md, session 15). The family is small (an empty
-    // value per order). A base level targeted at 16 MiB in 4 MiB files keeps each of those
+    // 1,000 lost 0–3% and some p99 (bench/RESULTS.md, session 15). The family is small (an order's
+    // carrier per order). A base level targeted at 16 MiB in 4 MiB files keeps each of those
     // frequent compactions small as the store grows: RocksDB would otherwise size the base level
     // from the bottom one, up to 256 MiB, all of which an L0 file spanning every status overlaps.
     // It is a target (RocksDB raises it while L0 backs up), it adds levels to a large index, and
@@ -291,11 +291,12 @@ fn supports_direct_io(path: &Path) -> bool {
 }
 
 /// Deletes `key` of `cf` in `batch`. An entry of the status index is put once when its order enters
-/// the status and deleted once when the order leaves it, never overwritten: the plan and the
+/// the status and deleted once when the order leaves it, never put twice in a row: the plan and the
 /// restatement of erased, expired or truncated orders move it only when the order's stored status
-/// changes, from the status the `orders` family holds. That is the contract of RocksDB's
-/// SingleDelete, which, unlike a Delete, vanishes with the put it meets at a flush or compaction
-/// instead of staying as a tombstone down to the bottom level. With Deletes, "orders in status"
+/// or carrier changes, from the state the `orders` family holds (a carrier change alone deletes
+/// and puts the same key, in that order, in one batch). At most one put between single deletes is
+/// the contract of RocksDB's SingleDelete, which, unlike a Delete, vanishes with the put it meets
+/// at a flush or compaction instead of staying as a tombstone down to the bottom level. With Deletes, "orders in status"
 /// queries spent 22% of the server's CPU in the delivery-day mix stepping over tombstones
 /// (bench/RESULTS.md, session 9). Stores written before hold Deletes of some entries; the entry
 /// just older than a SingleDelete is still always its put, so a compaction never finds a

@@ -67,6 +67,7 @@ pub(crate) fn run(shared: &Shared, after: Lsn, opts: &WriteOptions) -> Result<u6
     }
     epochs.retain(|(_, start)| *start <= after);
     batch.put_cf(h(Cf::Meta)?, keys::META_STATS, codec::encode_stats(&stats));
+    shared.mark_format()?;
     db.write_opt(batch, opts)
         .map_err(|e| Error::Poisoned(format!("truncation failed: {e}")))?;
     *shared.stats.write().expect("stats lock") = stats;

@@ -206,15 +206,29 @@ impl Engine {
         let mut it = db.raw_iterator_cf(store::handle(db, Cf::StatusIndex)?);
         it.seek_to_first();
         let mut indexed = 0u64;
-        while let Some((k, _)) = it.item() {
+        while let Some((k, v)) = it.item() {
             indexed += 1;
             match keys::decode_status_index(k) {
                 Ok((status, id)) => {
-                    let current: Option<Status> = states.get(id).map(|s| s.status.value);
+                    let state = states.get(id);
+                    let current: Option<Status> = state.map(|s| s.status.value);
+                    let carrier = state
+                        .and_then(|s| s.carrier.as_ref())
+                        .map(|c| c.value.as_str());
                     if current != Some(status) {
                         r.problem(format!(
                             "status index lists {id:?} under {status}, its status is {current:?}"
                         ));
+                    } else {
+                        match codec::decode_status_entry(v) {
+                            Ok(codec::StatusEntry::Carrier(recorded)) if recorded != carrier => r
+                                .problem(format!(
+                                    "status index records carrier {recorded:?} for {id:?}, its \
+                                     carrier is {carrier:?}"
+                                )),
+                            Ok(_) => {}
+                            Err(e) => r.problem(format!("status index entry of {id:?}: {e}")),
+                        }
                     }
                 }
                 Err(e) => r.problem(format!("status_index: {e}")),

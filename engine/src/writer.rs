@@ -653,7 +653,9 @@ fn commit_group(shared: &Shared, sealed: Sealed, write_opts: &WriteOptions) {
             Some(s) => s.put_stats(shared, &mut batch).map_err(|e| e.to_string()),
             None => Ok(()),
         };
-        stats.and_then(|()| write_group(&shared.db, batch, ops, staged.is_some(), write_opts))
+        stats
+            .and_then(|()| shared.mark_format().map_err(|e| e.to_string()))
+            .and_then(|()| write_group(&shared.db, batch, ops, staged.is_some(), write_opts))
     };
     let write_time = started.elapsed();
     match outcome {

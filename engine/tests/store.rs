@@ -193,16 +193,16 @@ fn a_primary_keeps_copies_a_replica_positions_and_both_read_the_same() {
     let values = by_order_values(rdir.path());
     assert_eq!(values.len(), 21);
     assert_eq!(values.iter().filter(|v| v.is_empty()).count(), 20);
-    // Only a store that holds positions is format 2: the primary's can go back to a format-1 build.
-    assert_eq!(format_of(pdir.path()), b"trackstore-engine-1");
-    assert_eq!(format_of(rdir.path()), b"trackstore-engine-2");
-    let reopened = Engine::open(rdir.path(), EngineOptions::default()).expect("reopen format 2");
+    // Every store this build wrote to is format 3 (its status index records carriers).
+    assert_eq!(format_of(pdir.path()), b"trackstore-engine-3");
+    assert_eq!(format_of(rdir.path()), b"trackstore-engine-3");
+    let reopened = Engine::open(rdir.path(), EngineOptions::default()).expect("reopen format 3");
     assert_eq!(timeline(&reopened, 4, Direction::Asc, 3).len(), 5);
     assert!(reopened.verify().expect("verify").is_ok());
 }
 
 #[test]
-fn a_primary_refuses_replicated_entries_without_marking_its_store() {
+fn a_primary_refuses_replicated_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
     fill(&engine);
@@ -213,8 +213,46 @@ fn a_primary_refuses_replicated_entries_without_marking_its_store() {
         engine.apply_replicated(entries, engine.epoch()),
         Err(Error::InvalidArgument(_))
     ));
-    drop(engine);
-    assert_eq!(format_of(dir.path()), b"trackstore-engine-1");
+}
+
+fn set_format(dir: &Path, format: &[u8]) {
+    let db = store::open(&db_path(dir), &store::Tuning::default()).expect("raw open");
+    db.put_cf(
+        store::handle(&db, Cf::Meta).expect("meta"),
+        keys::META_FORMAT,
+        format,
+    )
+    .expect("put");
+}
+
+/// A store of an older build (formats 1 and 2) keeps its format while this build only reads it (an
+/// operator's `trackctl verify`), so the older build can still open it; this build's first write
+/// marks it format 3, after which the older build refuses it.
+#[test]
+fn an_older_store_becomes_format_3_at_its_first_write_not_by_reads() {
+    for older in [&b"trackstore-engine-1"[..], b"trackstore-engine-2"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open");
+        fill(&engine);
+        drop(engine);
+        assert_eq!(format_of(dir.path()), b"trackstore-engine-3", "a new store");
+        set_format(dir.path(), older);
+        let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open older");
+        assert!(engine.verify().expect("verify").is_ok());
+        assert_eq!(timeline(&engine, 1, Direction::Asc, 100).len(), STEPS.len());
+        drop(engine);
+        assert_eq!(format_of(dir.path()), older, "reads keep the format");
+        let engine = Engine::open(dir.path(), EngineOptions::default()).expect("open older");
+        engine
+            .append(vec![event(9, 0, Status::Created)])
+            .expect("append");
+        drop(engine);
+        assert_eq!(
+            format_of(dir.path()),
+            b"trackstore-engine-3",
+            "after a write"
+        );
+    }
 }
 
 #[test]
@@ -226,12 +264,12 @@ fn an_unknown_format_is_refused() {
         db.put_cf(
             store::handle(&db, Cf::Meta).expect("meta"),
             keys::META_FORMAT,
-            b"trackstore-engine-3",
+            b"trackstore-engine-4",
         )
         .expect("put");
     }
     match Engine::open(dir.path(), EngineOptions::default()) {
-        Err(Error::Corrupt(m)) => assert!(m.contains("trackstore-engine-3"), "{m}"),
+        Err(Error::Corrupt(m)) => assert!(m.contains("trackstore-engine-4"), "{m}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a store of an unknown format opened"),
     }
