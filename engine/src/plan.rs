@@ -513,14 +513,7 @@ mod tests {
         /// the single-delete contract of the status index: a put only where no entry is, a delete
         /// only of an entry.
         fn apply(&mut self, ops: Vec<Op>) {
-            let mut ops = ops;
-            ops.sort_by(|a, b| {
-                let k = |op: &Op| match op {
-                    Op::Put(cf, k, _) | Op::Delete(cf, k) => (*cf as usize, k.clone()),
-                };
-                k(a).cmp(&k(b))
-            });
-            for op in ops {
+            for op in crate::writer::in_key_order(ops) {
                 match op {
                     Op::Put(cf, k, v) => {
                         let old = self.0.entry(cf).or_default().insert(k, v);

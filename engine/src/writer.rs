@@ -1022,7 +1022,7 @@ fn batch_bytes(ops: &[Op]) -> usize {
 /// Split by family first, then each family sorted by key alone: the log's keys arrive in LSN order
 /// (one ascending run, which the sort only checks), and the others sort in smaller pieces
 /// (bench/RESULTS.md, session 10: one sort of the whole group was 8.5% of the writer on batches).
-fn in_key_order(ops: Vec<Op>) -> Vec<Op> {
+pub(crate) fn in_key_order(ops: Vec<Op>) -> Vec<Op> {
     let mut counts = [0usize; Cf::ALL.len()];
     for op in &ops {
         counts[family(op) as usize] += 1;
