@@ -38,6 +38,18 @@ fn validation(c: &mut Criterion) {
     g.bench_function("parse + validate 100 events (JSON array)", |b| {
         b.iter(|| parse_request(std::hint::black_box(&body), BodyFormat::Json, now).expect("valid"))
     });
+    // The hot path of single-event POSTs: one ~300-byte object (step 5: carrier, location, eta).
+    let one = serde_json::to_vec(&shape.nth(5).to_json()).expect("json");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse + validate 1 event (JSON object)", |b| {
+        b.iter(|| parse_request(std::hint::black_box(&one), BodyFormat::Json, now).expect("valid"))
+    });
+    let events: Vec<_> = (0..1_000).map(|n| shape.nth(n).to_json()).collect();
+    let big = serde_json::to_vec(&events).expect("json");
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("parse + validate 1000 events (JSON array)", |b| {
+        b.iter(|| parse_request(std::hint::black_box(&big), BodyFormat::Json, now).expect("valid"))
+    });
     g.finish();
 
     let stored = StoredEvent {

@@ -48,16 +48,22 @@ pub enum Error {
 
 impl Error {
     /// Whether sending the same request again may succeed: connection failures, timeouts, and the
-    /// server's 429 / 503 (overload, not ready, shutting down). Only retry requests that are safe to
-    /// repeat: reads, and ingests (an `event_id` already stored with the same content is a
-    /// `duplicate`, not a second event).
+    /// server's 429 / 503 (overload, not ready, shutting down), but not a 503 `read-only-replica`:
+    /// a replica (or a fenced old primary) refuses writes until an operator acts. Only retry
+    /// requests that are safe to repeat: reads, and ingests (an `event_id` already stored with the
+    /// same content is a `duplicate`, not a second event).
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::Transport(_) | Error::Timeout(_) => true,
-            Error::Api(e) => matches!(
-                e.status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            ),
+            Error::Api(e) => {
+                matches!(
+                    e.status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                ) && e
+                    .problem
+                    .as_ref()
+                    .is_none_or(|p| p.slug() != "read-only-replica")
+            }
             _ => false,
         }
     }
@@ -217,5 +223,25 @@ mod tests {
         assert!(!api(500).is_retryable());
         assert!(Error::Transport("reset".into()).is_retryable());
         assert!(!Error::Config("x".into()).is_retryable());
+        let problem = |slug: &str| {
+            Error::Api(Box::new(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                problem: Some(Problem {
+                    type_uri: format!("https://trackstore.dev/problems/{slug}"),
+                    title: String::new(),
+                    status: 503,
+                    detail: String::new(),
+                    errors: Vec::new(),
+                    extra: Map::new(),
+                }),
+                body: String::new(),
+                retry_after: None,
+            }))
+        };
+        assert!(problem("overloaded").is_retryable());
+        assert!(
+            !problem("read-only-replica").is_retryable(),
+            "a replica refuses writes until an operator acts"
+        );
     }
 }

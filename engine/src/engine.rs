@@ -376,11 +376,16 @@ impl Engine {
         rx.recv().map_err(|_| Error::Closed)?
     }
 
-    /// Queues `apply_replicated` without waiting: `reply` runs on a writer thread once the batch is
-    /// durable (or refused), so it must be quick. Batches queued in order are applied in order and
-    /// may share one group commit (one fsync), which is what lets a replica keep up with a primary
-    /// that commits many groups. A batch that does not continue the log is refused, and so is every
-    /// batch queued after it (they no longer continue it either).
+    /// Queues `apply_replicated` without waiting for it: `reply` runs on a writer thread once the
+    /// batch is durable (or refused), so it must be quick. Batches queued in order are applied in
+    /// order and may share one group commit (one fsync), which is what lets a replica keep up with a
+    /// primary that commits many groups. A batch that does not continue the log is refused, and so
+    /// is every batch queued after it (they no longer continue it either).
+    ///
+    /// Blocking: while the writer's queue is full this waits for room rather than failing, so call
+    /// it where a thread may block (not on an async worker: e.g. `spawn_blocking`). A batch is one
+    /// command per removal it holds (each runs alone, with its own fsync), so a batch of erasures
+    /// can fill the queue by itself; the writer drains it, so the wait is bounded by its work.
     pub fn submit_replicated(
         &self,
         entries: Vec<LogEntry>,
@@ -410,8 +415,9 @@ impl Engine {
             return Err(Error::BadRequest("an empty replicated batch".into()));
         };
         // The batch's answer is its first failure: the parts after a failed one fail too, with a
-        // less telling reason. The parts are queued with a blocking send after the first so that a
-        // full queue cannot cut a batch in two.
+        // less telling reason. Every part is queued with a blocking send: a full queue must neither
+        // cut a batch in two nor fail it (the replica would drop its session and reconnect only to
+        // find the queue as full).
         // A part after a refused one must not be applied even if it happens to continue the log
         // (the refused part was a resend of entries this store holds): the writer checks the flag
         // before planning each part, and a part's answer comes before the next part is planned.
@@ -439,8 +445,6 @@ impl Engine {
                 },
             ),
         ));
-        let mut parts = parts.into_iter();
-        self.try_send(parts.next().expect("at least one part"))?;
         for part in parts {
             self.sender()?.send(part).map_err(|_| Error::Closed)?;
         }

@@ -783,15 +783,28 @@ fn plan_command(
     planned: &mut Vec<Planned>,
     meta_ops: &mut Vec<Op>,
 ) {
-    // The newest epoch of the history including epochs planned earlier in this group.
+    // The newest epoch of the history including epochs planned earlier in this group. The
+    // committed part is `shared.epochs`, not a scan of `meta`: it holds exactly what `meta` holds
+    // when a group is planned (a group that records an epoch writes metadata, so it is committed on
+    // this thread before the next group is planned, never by the committer; removals and
+    // truncation update it as they commit), and it cannot fail. A failed scan once read as "no
+    // epoch": every replicated batch then opened its epoch again, overwriting the epoch's start in
+    // `meta` and adding a duplicate to the history.
     let newest_epoch = |planned: &[Planned]| {
+        let committed = shared
+            .epochs
+            .read()
+            .expect("epochs lock")
+            .iter()
+            .map(|(e, _)| *e)
+            .max();
         planned
             .iter()
             .filter_map(|p| match p {
                 Planned::Epoch(_, e, _) | Planned::Promote(_, e, _) => Some(*e),
                 _ => None,
             })
-            .chain(lookup_newest_epoch(lookup))
+            .chain(committed)
             .max()
             .unwrap_or(0)
     };
@@ -959,13 +972,6 @@ fn raise_known_epoch(shared: &Shared, epoch: u64, meta_ops: &mut Vec<Op>) {
     }
 }
 
-fn lookup_newest_epoch(lookup: &DbLookup<'_>) -> Option<u64> {
-    crate::engine::read_epochs(lookup.0)
-        .ok()?
-        .last()
-        .map(|(e, _)| *e)
-}
-
 /// Writes one group durably. Returns the failure as text: the caller poisons the engine with it.
 /// Writes `ops` with what `batch` holds; with `stats_staged`, the ops' own stats are left out: the
 /// batch holds newer ones (those after erasures staged to follow the group, see `commit_group`).
@@ -1053,6 +1059,74 @@ fn key(op: &Op) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Engine, EngineOptions};
+    use crate::event::Status;
+
+    fn replicated(lsn: u64) -> LogEntry {
+        let at = Timestamp::from_millis(1_700_000_000_000).expect("in range");
+        LogEntry::Event(StoredEvent {
+            lsn: Lsn(lsn),
+            received_at: at,
+            event: Event {
+                event_id: format!("e-{lsn}"),
+                order_id: format!("o-{lsn}"),
+                status: Status::Dispatched,
+                occurred_at: at,
+                source: None,
+                carrier: None,
+                reason: None,
+                location: None,
+                eta: None,
+                attributes: None,
+            },
+        })
+    }
+
+    /// The planner's newest epoch comes from the committed history, which no read error can hide:
+    /// a batch in the epoch already recorded must not record it again. With a `meta` scan whose
+    /// error read as "no epoch", this batch re-recorded epoch 1 at LSN 3 (a duplicate in the
+    /// history, and the epoch's start overwritten in `meta`).
+    #[test]
+    fn a_batch_in_the_recorded_epoch_does_not_record_it_again_whatever_meta_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(
+            dir.path(),
+            EngineOptions {
+                durability: Durability::NoSyncUnsafe,
+                ..EngineOptions::default()
+            },
+        )
+        .expect("open");
+        engine.set_read_only("a replica").expect("read-only");
+        engine
+            .apply_replicated(vec![replicated(1), replicated(2)], 1)
+            .expect("first batch");
+        assert_eq!(engine.epoch_history(), vec![(1, Lsn(1))]);
+        // An epoch record that does not decode: a scan of the epochs fails on it (it sorts first).
+        let db = &engine.shared.db;
+        db.put_cf(
+            store::handle(db, Cf::Meta).expect("meta"),
+            keys::meta_epoch(0),
+            b"not an epoch start",
+        )
+        .expect("put");
+        assert!(crate::engine::read_epochs(db).is_err(), "the scan fails");
+        assert_eq!(
+            engine
+                .apply_replicated(vec![replicated(3), replicated(4)], 1)
+                .expect("second batch"),
+            Lsn(4)
+        );
+        assert_eq!(engine.epoch_history(), vec![(1, Lsn(1))]);
+        let start = db
+            .get_cf(
+                store::handle(db, Cf::Meta).expect("meta"),
+                keys::meta_epoch(1),
+            )
+            .expect("get")
+            .expect("epoch 1 is recorded");
+        assert_eq!(codec::decode_epoch_start(&start).expect("decodes"), Lsn(1));
+    }
 
     /// `in_key_order` and `write_group` index by the discriminant: it must be the family's place
     /// in `Cf::ALL`.

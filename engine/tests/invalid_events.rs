@@ -1,6 +1,11 @@
 //! A table of invalid events: each is rejected naming the right field, and nothing is written.
 
-use serde_json::{Value, json};
+use std::fmt;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
 use trackstore_engine::event::{BodyFormat, RequestError, parse_request};
 use trackstore_engine::{Engine, EngineOptions, Error, Event, Timestamp};
 
@@ -197,6 +202,25 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
             "attributes",
         ),
         (
+            // serde_json's `Value` reads an object starting with this key (its text sorts it
+            // first) as the JSON text in its value: reserved.
+            "attributes reserved key",
+            with(
+                "attributes",
+                json!({"slot": "09-11", "$serde_json::private::RawValue": "x"}),
+            ),
+            "attributes",
+        ),
+        (
+            // An object, though serde_json's `Value` reads it as the string "dms".
+            "source an object of serde_json's raw-value token",
+            with(
+                "source",
+                json!({"$serde_json::private::RawValue": "\"dms\""}),
+            ),
+            "source",
+        ),
+        (
             "unknown field",
             with("customer_name", json!("Ada")),
             "customer_name",
@@ -323,55 +347,106 @@ fn request_level_errors() {
     assert_eq!(a, b);
 }
 
+/// A JSON text read as plain JSON: as `Value` reads it, but an object is an object whatever its
+/// first key (with its `raw_value` feature, which the workspace enables, a `Value` reads one
+/// starting with `RAW_VALUE_TOKEN` as the JSON text in its value; the request parser does not).
+struct Plain(Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Plain, D::Error> {
+        struct PlainVisitor;
+        impl<'de> Visitor<'de> for PlainVisitor {
+            type Value = Plain;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any valid JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Plain, E> {
+                Ok(Plain(b.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Plain, E> {
+                Ok(Plain(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Plain, E> {
+                Ok(Plain(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Plain, E> {
+                Ok(Plain(n.into()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Plain, E> {
+                Ok(Plain(s.into()))
+            }
+            fn visit_unit<E>(self) -> Result<Plain, E> {
+                Ok(Plain(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Plain, A::Error> {
+                let mut items = Vec::new();
+                while let Some(Plain(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Plain(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
+                let mut entries = Map::new();
+                while let Some((key, Plain(value))) = map.next_entry()? {
+                    entries.insert(key, value);
+                }
+                Ok(Plain(Value::Object(entries)))
+            }
+        }
+        d.deserialize_any(PlainVisitor)
+    }
+}
+
+/// What `parse_request` decided when it parsed a body to a `Value` first, then read each event with
+/// `Event::from_json` (the parser before session 10), from public pieces: the same order of checks
+/// and the same errors. The body is read as plain JSON (see `Plain`).
+fn reference(body: &[u8], now: Timestamp) -> Result<Vec<Event>, RequestError> {
+    let values = match serde_json::from_slice::<Plain>(body).map(|Plain(value)| value) {
+        Ok(Value::Array(items)) => items,
+        Ok(obj @ Value::Object(_)) => vec![obj],
+        Ok(_) => return parse_request(b"1", BodyFormat::Json, now),
+        Err(e) => {
+            return Err(RequestError::MalformedJson {
+                line: None,
+                message: e.to_string(),
+            });
+        }
+    };
+    if values.is_empty() {
+        return parse_request(b"[]", BodyFormat::Json, now);
+    }
+    if values.len() > trackstore_engine::limits::EVENTS_PER_REQUEST_MAX {
+        return Err(RequestError::TooManyEvents {
+            count: values.len(),
+        });
+    }
+    let mut events = Vec::new();
+    let mut errors = Vec::new();
+    let mut omitted = 0;
+    for (index, value) in values.iter().enumerate() {
+        match Event::from_json(value).and_then(|e| e.validate(now).map(|()| e)) {
+            Ok(e) => events.push(e),
+            Err(error) if errors.len() < trackstore_engine::limits::REQUEST_ERRORS_LISTED_MAX => {
+                errors.push(trackstore_engine::event::IndexedFieldError {
+                    index: Some(index),
+                    error,
+                })
+            }
+            Err(_) => omitted += 1,
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(RequestError::Invalid { errors, omitted })
+    }
+}
+
 /// The request parser reads bodies straight into each event's fields; it must decide exactly as
 /// parsing to a `Value` first and then `Event::from_json` did (the parser before session 10), for
 /// valid bodies and for every kind of bad one.
 #[test]
 fn parse_request_decides_as_parsing_a_value_first_did() {
-    // The old path, from public pieces: the same order of checks and the same errors.
-    fn reference(body: &[u8], now: Timestamp) -> Result<Vec<Event>, RequestError> {
-        let values = match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => items,
-            Ok(obj @ Value::Object(_)) => vec![obj],
-            Ok(_) => return parse_request(b"1", BodyFormat::Json, now),
-            Err(e) => {
-                return Err(RequestError::MalformedJson {
-                    line: None,
-                    message: e.to_string(),
-                });
-            }
-        };
-        if values.is_empty() {
-            return parse_request(b"[]", BodyFormat::Json, now);
-        }
-        if values.len() > trackstore_engine::limits::EVENTS_PER_REQUEST_MAX {
-            return Err(RequestError::TooManyEvents {
-                count: values.len(),
-            });
-        }
-        let mut events = Vec::new();
-        let mut errors = Vec::new();
-        let mut omitted = 0;
-        for (index, value) in values.iter().enumerate() {
-            match Event::from_json(value).and_then(|e| e.validate(now).map(|()| e)) {
-                Ok(e) => events.push(e),
-                Err(error)
-                    if errors.len() < trackstore_engine::limits::REQUEST_ERRORS_LISTED_MAX =>
-                {
-                    errors.push(trackstore_engine::event::IndexedFieldError {
-                        index: Some(index),
-                        error,
-                    })
-                }
-                Err(_) => omitted += 1,
-            }
-        }
-        if errors.is_empty() {
-            Ok(events)
-        } else {
-            Err(RequestError::Invalid { errors, omitted })
-        }
-    }
     let now = Timestamp::now();
     let ok = r#"{"event_id":"e1","order_id":"o1","status":"created","occurred_at":"2026-01-01T00:00:00Z"}"#;
     let full = r#"{"event_id":"e2","order_id":"o1","status":"delivered","occurred_at":"2026-01-01T01:00:00+01:00","source":"dms","carrier":"van-1","reason":"left_at_door","location":{"lat":51.5,"lon":-0.1,"name":"Depot"},"eta":"2026-01-01T02:00:00Z","attributes":{"slot":"am","bags":2,"cold":true}}"#;
@@ -437,5 +512,294 @@ fn parse_request_decides_as_parsing_a_value_first_did() {
             "{}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
         );
+    }
+}
+
+/// `parse_request_decides_as_parsing_a_value_first_did` on random bodies: events whose fields hold
+/// values of every type (objects and arrays where strings are expected, serde_json's raw-value
+/// token, an ordinary key, repeated keys, escapes, attributes past the size bound), and some of
+/// them cut or corrupted into malformed JSON.
+#[test]
+fn parse_request_decides_as_parsing_a_value_first_did_on_random_bodies() {
+    let now = Timestamp::parse("2026-06-01T00:00:00Z").expect("valid");
+    let mut g = Bodies(SmallRng::seed_from_u64(20_261_121));
+    let mut seen = [0usize; 3];
+    for _ in 0..3_000 {
+        let valid_mostly = g.0.random_bool(0.5);
+        let mut body = g.body(valid_mostly).into_bytes();
+        let corrupt = !valid_mostly && g.0.random_bool(0.15);
+        if corrupt {
+            g.corrupt(&mut body);
+        }
+        let parsed = parse_request(&body, BodyFormat::Json, now);
+        assert_eq!(
+            parsed,
+            reference(&body, now),
+            "{}",
+            String::from_utf8_lossy(&body[..body.len().min(2_000)])
+        );
+        seen[match parsed {
+            Ok(_) => 0,
+            Err(RequestError::Invalid { .. }) => 1,
+            Err(_) => 2,
+        }] += 1;
+    }
+    // Each kind of answer is well represented.
+    assert!(seen.iter().all(|&n| n > 300), "{seen:?}");
+}
+
+/// A generator of ingest bodies (see its use).
+struct Bodies(SmallRng);
+
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+impl Bodies {
+    /// One of the space-separated `words`.
+    fn pick<'a>(&mut self, words: &'a str) -> &'a str {
+        let words: Vec<&str> = words.split(' ').collect();
+        words[self.0.random_range(0..words.len())]
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.0.random_bool(p)
+    }
+
+    fn string(&mut self) -> String {
+        if self.chance(0.01) {
+            // Malformed: a lone surrogate, a raw control character, a bad escape.
+            return self.pick("\"\\ud800\" \"raw\u{1}\" \"\\x\"").to_owned();
+        }
+        if self.chance(0.05) {
+            return format!("\"{}\"", "s".repeat(self.0.random_range(60..140)));
+        }
+        if self.chance(0.02) {
+            return format!("\"{}\"", "x".repeat(self.0.random_range(4_000..4_200)));
+        }
+        self.pick(concat!(
+            r#""" "a" "e1" "created" "delivered" "dms" "van-1" "no_one_home" "\u00e9t\u00e9" "#,
+            r#""a\nb" "\ud83d\ude00" "a\/b" "tab\there" "\u0000" "2026-01-01T00:00:00Z" "#,
+            r#""2026-01-01T01:00:00+01:00" "2999-01-01T00:00:00Z" "soon" "é" "x\"y" "\\""#,
+        ))
+        .to_owned()
+    }
+
+    fn number(&mut self) -> String {
+        if self.chance(0.01) {
+            return self.pick("1e400 01 1. - nul tru").to_owned(); // malformed
+        }
+        self.pick(concat!(
+            "0 -0 1 -1 51.5 -0.12 91 -180.5 1e15 1e1 2.50 -0.0 5e-324 1E2 0.1 1e308 ",
+            "18446744073709551615 18446744073709551616 -9223372036854775808 ",
+            "-9223372036854775809 123456789012345678901234567890",
+        ))
+        .to_owned()
+    }
+
+    fn key(&mut self) -> String {
+        if self.chance(0.03) {
+            return format!("\"{}\"", "k".repeat(100));
+        }
+        if self.chance(0.04) {
+            return format!("\"{RAW_VALUE_TOKEN}\"");
+        }
+        self.pick(concat!(
+            r#""a" "b" "slot" "" "a\u0001" "\u0061" "é" "z" "lat" "lon" "name" "alt" "tab\t" "#,
+            "\"del\u{7f}\"",
+        ))
+        .to_owned()
+    }
+
+    fn value(&mut self, depth: u32) -> String {
+        let kinds = if depth > 3 { 4 } else { 9 };
+        match self.0.random_range(0..kinds) {
+            0 => self.pick("null true false").to_owned(),
+            1 => self.number(),
+            2 | 3 => self.string(),
+            4 | 5 => {
+                let items: Vec<String> = (0..self.0.random_range(0..4))
+                    .map(|_| self.value(depth + 1))
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            6 | 7 => {
+                let entries: Vec<String> = (0..self.0.random_range(0..4))
+                    .map(|_| format!("{}:{}", self.key(), self.value(depth + 1)))
+                    .collect();
+                format!("{{{}}}", entries.join(","))
+            }
+            _ if self.chance(0.3) => self.raw_value(depth),
+            _ => {
+                let n = self.0.random_range(120..135);
+                format!("{}{}", "[".repeat(n), "]".repeat(n))
+            }
+        }
+    }
+
+    /// An object serde_json's `Value` reads as the JSON text in it: to the parser, an object.
+    fn raw_value(&mut self, depth: u32) -> String {
+        let text = if self.chance(0.95) {
+            self.value(depth + 1)
+        } else {
+            "[1".to_owned()
+        };
+        let text = if self.chance(0.97) {
+            serde_json::to_string(&text).expect("a string")
+        } else {
+            "5".to_owned()
+        };
+        let more = if self.chance(0.1) { r#","b":1"# } else { "" };
+        format!("{{\"{RAW_VALUE_TOKEN}\":{text}{more}}}")
+    }
+
+    fn location(&mut self, valid_mostly: bool) -> String {
+        if valid_mostly && self.chance(0.9) {
+            return self
+                .pick(concat!(
+                    r#"{"lat":51.5,"lon":-0.1} {"lon":1,"lat":2,"name":"x\u00e9"} "#,
+                    r#"{"lat":1,"lat":2,"lon":0} {"lat":-0,"lon":1e1,"name":null}"#,
+                ))
+                .to_owned();
+        }
+        if self.chance(0.15) {
+            return self.value(1);
+        }
+        let entries: Vec<String> = (0..self.0.random_range(0..5))
+            .map(|_| {
+                let key = self.pick("\"lat\" \"lon\" \"name\" \"alt\" \"zz\" \"l\\u0061t\"");
+                let value = if key != "\"name\"" && self.chance(0.6) {
+                    self.number()
+                } else {
+                    self.value(2)
+                };
+                format!("{key}:{value}")
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    }
+
+    fn attributes(&mut self, valid_mostly: bool) -> String {
+        if self.chance(0.1) {
+            return self.value(1);
+        }
+        let many = self.chance(0.05);
+        let n = if many {
+            self.0.random_range(300..700)
+        } else {
+            self.0.random_range(0..6)
+        };
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                let key = if many && self.chance(0.9) {
+                    format!("\"k{}\"", i % 500)
+                } else if valid_mostly && self.chance(0.97) {
+                    self.pick(r#""a" "b" "slot" "\u0061" "é" "q\"uote""#)
+                        .to_owned()
+                } else {
+                    self.key()
+                };
+                let value = if self.chance(if valid_mostly { 0.995 } else { 0.75 }) {
+                    if self.chance(0.5) {
+                        self.number()
+                    } else {
+                        self.string()
+                    }
+                } else {
+                    self.value(2)
+                };
+                format!("{key}:{value}")
+            })
+            .collect();
+        format!("{{{}}}", entries.join(","))
+    }
+
+    fn event(&mut self, valid_mostly: bool) -> String {
+        let fields = [
+            ("event_id", 0.9),
+            ("order_id", 0.9),
+            ("status", 0.9),
+            ("occurred_at", 0.9),
+            ("source", 0.4),
+            ("carrier", 0.4),
+            ("reason", 0.3),
+            ("location", 0.4),
+            ("eta", 0.3),
+            ("attributes", 0.5),
+        ];
+        let mut entries = Vec::new();
+        for (field, p) in fields {
+            let times = if self.chance(0.05) { 2 } else { 1 };
+            for _ in 0..times {
+                if !self.chance(if valid_mostly && p > 0.8 { 1.0 } else { p }) {
+                    continue;
+                }
+                let good = valid_mostly || self.chance(0.75);
+                let value = match field {
+                    "location" => self.location(valid_mostly),
+                    "attributes" => self.attributes(valid_mostly),
+                    _ if !good => self.value(1),
+                    "event_id" | "order_id" => self.pick(r#""e1" "o-1" "a.b:c""#).to_owned(),
+                    "status" => self.pick(r#""created" "delivered""#).to_owned(),
+                    "occurred_at" | "eta" => self
+                        .pick(r#""2026-01-01T00:00:00Z" "2026-01-01T01:00:00.123+01:00""#)
+                        .to_owned(),
+                    "reason" => r#""no_one_home""#.to_owned(),
+                    _ => self.pick(r#""dms" "van-17""#).to_owned(),
+                };
+                let key = if self.chance(0.03) {
+                    field.replace('e', "\\u0065")
+                } else {
+                    field.to_owned()
+                };
+                entries.push(format!("\"{key}\":{value}"));
+            }
+        }
+        if !valid_mostly && self.chance(0.1) {
+            let entry = format!("{}:{}", self.key(), self.value(1));
+            entries.push(entry);
+        }
+        for i in (1..entries.len()).rev() {
+            entries.swap(i, self.0.random_range(0..=i));
+        }
+        format!("{{{}}}", entries.join(","))
+    }
+
+    fn body(&mut self, valid_mostly: bool) -> String {
+        let n = if self.chance(0.05) {
+            0
+        } else {
+            self.0.random_range(1..4)
+        };
+        let mut items: Vec<String> = (0..n)
+            .map(|_| {
+                if valid_mostly || self.chance(0.9) {
+                    self.event(valid_mostly)
+                } else {
+                    self.value(1)
+                }
+            })
+            .collect();
+        if n == 1 && self.chance(0.5) {
+            items.pop().expect("one item")
+        } else {
+            format!("[{}]", items.join(","))
+        }
+    }
+
+    /// Cuts, inserts or removes a byte.
+    fn corrupt(&mut self, body: &mut Vec<u8>) {
+        if body.is_empty() {
+            return;
+        }
+        let at = self.0.random_range(0..body.len());
+        match self.0.random_range(0..3) {
+            0 => body.truncate(at),
+            1 => {
+                let bytes = b"\",{}[]:\\\xff1 ";
+                body.insert(at, bytes[self.0.random_range(0..bytes.len())]);
+            }
+            _ => {
+                body.remove(at);
+            }
+        }
     }
 }

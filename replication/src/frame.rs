@@ -154,6 +154,27 @@ const SNAPSHOT_END: u8 = 13;
 const BUSY: u8 = 14;
 
 impl Frame {
+    /// The frame's kind, for messages: a frame itself may hold up to [`FRAME_BYTES_MAX`] bytes of
+    /// entries or snapshot data, which no error string, log line or status should carry.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "Hello",
+            Frame::Welcome { .. } => "Welcome",
+            Frame::Refused { .. } => "Refused",
+            Frame::Entries { .. } => "Entries",
+            Frame::Heartbeat { .. } => "Heartbeat",
+            Frame::Ack { .. } => "Ack",
+            Frame::SwitchoverRequest => "SwitchoverRequest",
+            Frame::SwitchoverReady { .. } => "SwitchoverReady",
+            Frame::Promoted { .. } => "Promoted",
+            Frame::SnapshotBegin { .. } => "SnapshotBegin",
+            Frame::SnapshotFile { .. } => "SnapshotFile",
+            Frame::SnapshotChunk { .. } => "SnapshotChunk",
+            Frame::SnapshotEnd { .. } => "SnapshotEnd",
+            Frame::Busy { .. } => "Busy",
+        }
+    }
+
     /// Appends the frame, length prefix included, to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         let start = out.len();
@@ -619,6 +640,13 @@ mod tests {
             }
             prop_assert!(buf.is_empty());
             prop_assert_eq!(got, frames);
+        }
+
+        /// A frame's kind is its variant's name, whatever it holds.
+        #[test]
+        fn the_kind_is_the_variant_name(f in frame()) {
+            let debug = format!("{f:?}");
+            prop_assert_eq!(debug.split([' ', '{']).next(), Some(f.kind()));
         }
 
         /// Garbage never panics the decoder: it is a frame, an error, or a request for more bytes.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use trackstore_engine::store::Tuning;
 use trackstore_engine::{EncodedEntries, Engine, EngineOptions, InMemory, Lsn};
@@ -33,8 +33,15 @@ use crate::transport::{FrameReader, ReplError, write_frame};
 
 /// Heartbeats go out at least this often on an idle session.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Replicas served at once; more are refused (each costs a task and one batch of memory).
+/// Replicas served at once, counted from the end of their TLS handshake (their certificate is
+/// the CA's); more are refused (each costs a task and one batch of memory).
 pub const REPLICAS_MAX: usize = 16;
+/// Connections in their QUIC/TLS handshake at once, not yet authenticated; more are refused. Apart
+/// from `REPLICAS_MAX`, so that peers without a certificate stalling their handshakes cannot keep
+/// replicas out; small, because a handshake between cluster nodes takes a few round trips.
+pub const HANDSHAKES_MAX: usize = 8;
+/// How long a connection may take to complete its handshake before it is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a replica may take to open its stream and say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last byte of a snapshot (or a `Busy`) is handed to QUIC, how long the replica may take
@@ -114,10 +121,11 @@ impl PrimaryState {
     }
 }
 
-/// A view of the engine's log for `session`.
-pub fn log_view(engine: &Engine) -> LogView {
-    let history = EpochHistory::new(engine.epoch_history()).unwrap_or_default();
-    LogView {
+/// A view of the engine's log for `session`. Fails when the engine's epoch history is not one
+/// (`own_history`).
+pub fn log_view(engine: &Engine) -> Result<LogView, ReplError> {
+    let history = own_history(engine.epoch_history())?;
+    Ok(LogView {
         epoch: history.current(),
         known_epoch: engine.known_epoch(),
         history,
@@ -125,7 +133,28 @@ pub fn log_view(engine: &Engine) -> LogView {
         // divergence check) is kept: a replica can be served from the first LSN held.
         first_lsn: engine.first_lsn(),
         last_lsn: engine.last_lsn(),
-    }
+    })
+}
+
+/// This node's epoch history, checked. One that is not strictly increasing is corruption, never
+/// "no history": an empty history says every LSN is epoch 0, so a replica would be told its whole
+/// log diverges (start from LSN 1) and would quarantine and truncate all of it.
+pub fn own_history(entries: Vec<(u64, Lsn)>) -> Result<EpochHistory, ReplError> {
+    let count = entries.len();
+    // Only the offending pair: a history may hold many epochs.
+    let pair = |at: usize| match (entries.get(at.wrapping_sub(1)), entries.get(at)) {
+        (Some((e1, l1)), Some((e2, l2))) => {
+            format!("epoch {e1} from LSN {l1}, then epoch {e2} from LSN {l2}")
+        }
+        _ => String::new(),
+    };
+    EpochHistory::new(entries.clone()).map_err(|e| {
+        ReplError::CorruptHistory(format!(
+            "{e} ({}; {count} epochs in all). No replication session is served to or from this \
+             node until its store is repaired or rebuilt",
+            pair(e.index)
+        ))
+    })
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone); holds no borrow of the value.
@@ -155,6 +184,7 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "cannot remove stale snapshots"),
     }
     let mut sessions = JoinSet::new();
+    let admission = Admission::new(HANDSHAKES_MAX, REPLICAS_MAX);
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -164,27 +194,54 @@ pub async fn serve(
             _ = stopped(&mut shutdown) => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
-        if sessions.len() >= REPLICAS_MAX {
+        // An address that has not proved it receives our packets is sent a Retry first (one round
+        // trip; quinn's client answers it by itself): spoofed sources never reach the handshake.
+        if !incoming.remote_address_validated() {
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            continue;
+        }
+        let Some(handshake) = admission.handshake() else {
             state.refused.fetch_add(1, Ordering::Relaxed);
             incoming.refuse();
             continue;
-        }
-        let (engine, state, head, shutdown) = (
+        };
+        let (engine, state, head, shutdown, admission) = (
             engine.clone(),
             state.clone(),
             head.clone(),
             shutdown.clone(),
+            admission.clone(),
         );
         sessions.spawn(async move {
             let addr = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
+            let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
                     // Includes a client certificate the CA did not sign.
                     state.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%addr, error = %e, "replication handshake failed");
                     return;
                 }
+                Err(_) => {
+                    // Dropping the handshake's future abandons the connection.
+                    state.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%addr, "replication handshake did not complete within {} s",
+                        HANDSHAKE_TIMEOUT.as_secs());
+                    return;
+                }
+            };
+            drop(handshake);
+            // Authenticated: a node of the cluster. Only now does it count against the replicas.
+            let Some(_replica) = admission.replica() else {
+                state.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%addr, "replica refused: {REPLICAS_MAX} are served already");
+                conn.close(
+                    2u32.into(),
+                    format!("at most {REPLICAS_MAX} replicas are served at once").as_bytes(),
+                );
+                return;
             };
             if let Err(e) = session(conn.clone(), engine, state, options, head, shutdown).await {
                 tracing::warn!(%addr, error = %e, "replication session ended");
@@ -194,6 +251,33 @@ pub async fn serve(
     }
     endpoint.close(0u32.into(), b"shutting down");
     sessions.shutdown().await;
+}
+
+/// The two bounds on connections: handshakes in progress (not authenticated yet) and replicas
+/// served (authenticated). Each slot is held by a permit, released however its task ends.
+#[derive(Clone, Debug)]
+struct Admission {
+    handshakes: Arc<Semaphore>,
+    replicas: Arc<Semaphore>,
+}
+
+impl Admission {
+    fn new(handshakes: usize, replicas: usize) -> Admission {
+        Admission {
+            handshakes: Arc::new(Semaphore::new(handshakes)),
+            replicas: Arc::new(Semaphore::new(replicas)),
+        }
+    }
+
+    /// A slot for one handshake; None when `HANDSHAKES_MAX` are in progress.
+    fn handshake(&self) -> Option<OwnedSemaphorePermit> {
+        self.handshakes.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for one authenticated replica; None when `REPLICAS_MAX` are served.
+    fn replica(&self) -> Option<OwnedSemaphorePermit> {
+        self.replicas.clone().try_acquire_owned().ok()
+    }
 }
 
 async fn session(
@@ -234,7 +318,14 @@ async fn session(
         first_lsn: Lsn(1),
         last_lsn: Lsn(last_lsn),
     };
-    let view = log_view(&engine);
+    let view = match log_view(&engine) {
+        Ok(view) => view,
+        Err(e) => {
+            // Said to the replica, which shows it as `refused`: not a lost connection to retry.
+            tracing::error!(%node, %addr, error = %e, "replica refused");
+            return refuse(&mut send, e.to_string(), None).await;
+        }
+    };
     if let Some(reason) = engine.read_only_reason() {
         let fenced_by = engine.is_fenced().then(|| engine.known_epoch());
         return refuse(&mut send, reason, fenced_by).await;
@@ -349,7 +440,7 @@ async fn ship(
     let mut last_beat = Instant::now() - HEARTBEAT;
     loop {
         let last = engine.last_lsn();
-        let history = EpochHistory::new(engine.epoch_history()).unwrap_or_default();
+        let history = own_history(engine.epoch_history())?;
         if let Some((epoch, end)) =
             session::next_batch(&history, next, last, BATCH_ENTRIES_MAX as u64)
         {
@@ -500,7 +591,10 @@ async fn read_replies(
                     .map_err(|e| ReplError::Protocol(e.to_string()))??;
             }
             other => {
-                return Err(ReplError::Protocol(format!("a replica sent {other:?}")));
+                return Err(ReplError::Protocol(format!(
+                    "a replica sent an unexpected {} frame",
+                    other.kind()
+                )));
             }
         }
     }
@@ -525,13 +619,46 @@ impl Drop for SnapshotSlot<'_> {
 }
 
 /// A checkpoint directory, deleted when dropped: after a complete transfer, and also after an error
-/// or a shutdown part way (the session future is dropped).
+/// or a shutdown part way (the session future is dropped, on an async worker: the deletion then
+/// goes to the blocking pool, see `Drop`).
 #[derive(Debug)]
-struct CheckpointDir(PathBuf);
+struct CheckpointDir(Option<DeleteOnDrop>);
+
+impl CheckpointDir {
+    fn new(path: PathBuf) -> CheckpointDir {
+        CheckpointDir(Some(DeleteOnDrop(path)))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0.as_ref().expect("held until dropped").0
+    }
+
+    /// Deletes the checkpoint now, on this thread (blocking).
+    fn delete(mut self) {
+        drop(self.0.take());
+    }
+}
 
 impl Drop for CheckpointDir {
     fn drop(&mut self) {
-        // Hard links and a few small copied files: quick enough to delete in place.
+        let Some(dir) = self.0.take() else { return };
+        // `remove_dir_all` walks the directory and unlinks each file (thousands of SST hard links
+        // for a large store): not on an async worker. If the blocking pool does not run the task
+        // (the runtime is shutting down), dropping it deletes the directory where it is dropped;
+        // a directory left anyway (a crash) goes when the listener starts next.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(dir))),
+            Err(_) => drop(dir),
+        }
+    }
+}
+
+/// Deletes a directory when dropped, on the thread that drops it.
+#[derive(Debug)]
+struct DeleteOnDrop(PathBuf);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
         if let Err(e) = remove_dir_if_present(&self.0) {
             tracing::warn!(dir = %self.0.display(), error = %e, "cannot delete a snapshot checkpoint");
         }
@@ -659,13 +786,13 @@ async fn send_snapshot(
     };
     let started = Instant::now();
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let dir = CheckpointDir(
+    let dir = CheckpointDir::new(
         engine
             .data_dir()
             .join(SNAPSHOTS_DIR)
             .join(format!("{}-{id}", now_ms())),
     );
-    let (e, path) = (engine.clone(), dir.0.clone());
+    let (e, path) = (engine.clone(), dir.path().to_owned());
     let cp = tokio::task::spawn_blocking(move || make_checkpoint(&e, &path))
         .await
         .map_err(|e| ReplError::Protocol(e.to_string()))??;
@@ -681,7 +808,7 @@ async fn send_snapshot(
         },
     )
     .await?;
-    let db = trackstore_engine::db_path(&dir.0);
+    let db = trackstore_engine::db_path(dir.path());
     let mut digest = SnapshotDigest::default();
     for (name, size) in &cp.files {
         let path = db.join(name);
@@ -729,7 +856,7 @@ async fn send_snapshot(
     )
     .await?;
     // Every byte is in QUIC's hands now: the checkpoint is not needed any more.
-    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+    let _ = tokio::task::spawn_blocking(move || dir.delete()).await;
     if !delivered(send).await {
         return Err(ReplError::Connection(
             "the replica did not read the whole snapshot".into(),
@@ -739,4 +866,127 @@ async fn send_snapshot(
     tracing::info!(%node, %addr, last_lsn = cp.last_lsn.0, bytes = cp.bytes,
         seconds = started.elapsed().as_secs_f64(), "snapshot sent");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_history_that_does_not_grow_is_corruption_not_an_empty_history() {
+        // A duplicate of an epoch already recorded (what a failed read of the epochs once wrote).
+        let err = own_history(vec![(1, Lsn(1)), (2, Lsn(50)), (2, Lsn(80))])
+            .expect_err("a history that does not grow");
+        assert!(matches!(err, ReplError::CorruptHistory(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("epoch 2 from LSN 50, then epoch 2 from LSN 80"),
+            "{text}"
+        );
+        assert!(text.contains("corrupt"), "{text}");
+        // Taken for an empty history instead (every LSN in epoch 0), a replica's log would share
+        // nothing with its primary's: told to start from LSN 1, it would set all of it aside.
+        let primary = LogView {
+            history: own_history(vec![(1, Lsn(1)), (2, Lsn(50))]).expect("valid"),
+            epoch: 2,
+            known_epoch: 2,
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(100),
+        };
+        let defaulted = LogView {
+            history: EpochHistory::default(),
+            epoch: 0,
+            known_epoch: 2,
+            first_lsn: Lsn(1),
+            last_lsn: Lsn(90),
+        };
+        assert_eq!(
+            session::on_hello(
+                &primary,
+                crate::frame::PROTOCOL_VERSION,
+                &defaulted,
+                SnapshotTerms::NEVER
+            ),
+            HelloDecision::Welcome { start_from: Lsn(1) },
+            "what a defaulted history meant"
+        );
+        assert_eq!(
+            own_history(vec![(1, Lsn(1)), (2, Lsn(50))])
+                .expect("valid")
+                .current(),
+            2
+        );
+        assert_eq!(
+            own_history(Vec::new()).expect("empty is valid").current(),
+            0
+        );
+    }
+
+    #[test]
+    fn handshakes_in_progress_take_no_replica_slot() {
+        let admission = Admission::new(HANDSHAKES_MAX, REPLICAS_MAX);
+        let stalled: Vec<_> = (0..HANDSHAKES_MAX)
+            .map(|_| admission.handshake().expect("a handshake slot"))
+            .collect();
+        assert!(admission.handshake().is_none(), "handshakes are bounded");
+        // Stalled handshakes keep no authenticated replica out.
+        let served: Vec<_> = (0..REPLICAS_MAX)
+            .map(|_| admission.replica().expect("a replica slot"))
+            .collect();
+        assert!(admission.replica().is_none(), "replicas are bounded");
+        drop(stalled);
+        assert!(
+            admission.handshake().is_some(),
+            "a handshake that ends frees its slot"
+        );
+        drop(served);
+        assert!(
+            admission.replica().is_some(),
+            "a session that ends frees its slot"
+        );
+    }
+
+    fn checkpoint_dir(root: &Path) -> PathBuf {
+        let dir = root.join("snapshots").join("1-1");
+        std::fs::create_dir_all(dir.join("db")).expect("mkdir");
+        std::fs::write(dir.join("db").join("000009.sst"), b"sorted strings").expect("write");
+        dir
+    }
+
+    #[test]
+    fn a_checkpoint_dropped_on_an_async_worker_is_deleted_on_the_blocking_pool() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = checkpoint_dir(tmp.path());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // The blocking pool's only thread is busy: a deletion sent there waits, one made on
+            // this worker would be done before `drop` returns.
+            let (release, busy) = std::sync::mpsc::channel::<()>();
+            let occupied = tokio::task::spawn_blocking(move || {
+                let _ = busy.recv();
+            });
+            drop(CheckpointDir::new(dir.clone()));
+            assert!(dir.exists(), "deleted on the async worker");
+            release.send(()).expect("release");
+            occupied.await.expect("the blocking task");
+            for _ in 0..1_000 {
+                if !dir.exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(!dir.exists(), "deleted on the blocking pool");
+        });
+        // Outside a runtime (and by `delete`), on the spot.
+        let dir = checkpoint_dir(tmp.path());
+        drop(CheckpointDir::new(dir.clone()));
+        assert!(!dir.exists());
+        let dir = checkpoint_dir(tmp.path());
+        CheckpointDir::new(dir.clone()).delete();
+        assert!(!dir.exists());
+    }
 }

@@ -198,6 +198,7 @@ pub async fn follow(
             return promote(&engine, reply).await;
         }
         let started = Instant::now();
+        let mut queueing = None;
         let result = session(
             &engine,
             &endpoint,
@@ -207,8 +208,16 @@ pub async fn follow(
             &on_applied,
             &mut control,
             &mut pending,
+            &mut queueing,
         )
         .await;
+        // A batch still being queued to the writer when the session ended finishes first (its
+        // parts are not cancelled by dropping the task): whatever comes next — the next session's
+        // truncation and batches, a promotion — must reach the writer after all of them. An
+        // async wait, bounded by the writer's work on the parts before it.
+        if let Some(queueing) = queueing {
+            let _ = queueing.await;
+        }
         {
             let mut s = status.lock().expect("status lock");
             s.connected = false;
@@ -270,7 +279,8 @@ async fn promote(engine: &Arc<Engine>, reply: PromoteReply) -> Option<(u64, Lsn)
 }
 
 /// One connection. Ok(Some) when promoted during it; Ok(None) when it ended without error (or a
-/// control request needs the loop); Err when it broke.
+/// control request needs the loop); Err when it broke. `queueing` holds the batch being queued to
+/// the writer (`queue_batch`) when it ends: the caller waits for it before anything else.
 #[allow(clippy::too_many_arguments)]
 async fn session(
     engine: &Arc<Engine>,
@@ -281,6 +291,7 @@ async fn session(
     on_applied: &OnApplied,
     control: &mut mpsc::Receiver<Control>,
     pending: &mut Option<Control>,
+    queueing: &mut Option<Queueing>,
 ) -> Result<Option<(u64, Lsn)>, ReplError> {
     let addr = tokio::net::lookup_host(&options.primary)
         .await
@@ -302,7 +313,7 @@ async fn session(
         .await
         .map_err(|e| ReplError::Connection(e.to_string()))?;
     let mut reader = FrameReader::new(recv);
-    let local = log_view(engine);
+    let local = log_view(engine)?;
     write_frame(
         &mut send,
         &Frame::Hello {
@@ -412,7 +423,8 @@ async fn session(
         }
         Some(other) => {
             return Err(ReplError::Protocol(format!(
-                "expected Welcome, got {other:?}"
+                "expected Welcome, got {}",
+                other.kind()
             )));
         }
         None => {
@@ -432,9 +444,11 @@ async fn session(
     let mut inflight: VecDeque<Inflight> = VecDeque::new();
     let mut last_ack = Instant::now();
     loop {
-        // A switchover completes once the primary's final LSN is applied.
+        // A switchover completes once the primary's final LSN is applied (and no batch is still
+        // being queued: none can be after the final LSN, but the promotion must come after it).
         if let Some((_, Some(final_lsn))) = &switchover
             && engine.last_lsn() >= *final_lsn
+            && queueing.is_none()
         {
             let (reply, _) = switchover.take().expect("checked");
             let e = engine.clone();
@@ -456,10 +470,15 @@ async fn session(
                 }
             };
         }
-        let room = inflight.len() < APPLY_PIPELINE;
+        // One batch is queued at a time (so they reach the writer in order), and the next frame is
+        // read only once it is.
+        let room = queueing.is_none() && inflight.len() < APPLY_PIPELINE;
         let step = tokio::select! {
             done = async { (&mut inflight.front_mut().expect("guarded").done).await }, if !inflight.is_empty() => {
                 Step::Applied(done)
+            }
+            queued = async { queueing.as_mut().expect("guarded").await }, if queueing.is_some() => {
+                Step::Queued(queued)
             }
             f = reader.next(), if room => Step::Frame(f?),
             c = control.recv(), if switchover.is_none() => match c {
@@ -533,6 +552,12 @@ async fn session(
                 }
                 continue;
             }
+            Step::Queued(queued) => {
+                *queueing = None;
+                let batch = queued.map_err(|e| ReplError::Protocol(e.to_string()))??;
+                inflight.push_back(batch);
+                continue;
+            }
             Step::Frame(f) => f,
         };
         let Some(frame) = frame else {
@@ -550,40 +575,17 @@ async fn session(
                 follower
                     .check_entries(epoch, Lsn(first_lsn), entries.len())
                     .map_err(|e| ReplError::Protocol(e.to_string()))?;
-                let mut bytes = 0u64;
-                let mut events = Vec::with_capacity(entries.len());
-                for (i, b) in entries.iter().enumerate() {
-                    bytes += b.len() as u64;
-                    let e = codec::decode_log_entry(b).map_err(|e| {
-                        ReplError::Protocol(format!(
-                            "entry {} does not decode: {e}",
-                            first_lsn + i as u64
-                        ))
-                    })?;
-                    if e.lsn() != Lsn(first_lsn + i as u64) {
-                        return Err(ReplError::Protocol(format!(
-                            "entry {} carries LSN {}",
-                            first_lsn + i as u64,
-                            e.lsn()
-                        )));
-                    }
-                    events.push(e);
-                }
-                let received: Vec<i64> =
-                    events.iter().map(|e| e.received_at().as_millis()).collect();
-                let last = Lsn(first_lsn + events.len() as u64 - 1);
-                let (tx, rx) = oneshot::channel();
-                engine.submit_replicated(events, epoch, move |r| {
-                    let _ = tx.send(r);
-                })?;
+                // `check_entries` refused an empty batch.
+                let last = Lsn(first_lsn + entries.len() as u64 - 1);
+                *queueing = Some(queue_batch(
+                    engine.clone(),
+                    epoch,
+                    first_lsn,
+                    entries,
+                    committed,
+                ));
                 // The writer applies queued batches in order: the next batch follows this one.
                 follower.applied(epoch, last);
-                inflight.push_back(Inflight {
-                    done: rx,
-                    received,
-                    committed,
-                    bytes,
-                });
             }
             Frame::Heartbeat {
                 last_lsn, epoch, ..
@@ -601,7 +603,10 @@ async fn session(
                 }
             }
             other => {
-                return Err(ReplError::Protocol(format!("the primary sent {other:?}")));
+                return Err(ReplError::Protocol(format!(
+                    "the primary sent an unexpected {} frame",
+                    other.kind()
+                )));
             }
         }
     }
@@ -623,7 +628,54 @@ struct Inflight {
 
 enum Step {
     Applied(Result<trackstore_engine::Result<Lsn>, oneshot::error::RecvError>),
+    Queued(Result<Result<Inflight, ReplError>, tokio::task::JoinError>),
     Frame(Option<Frame>),
+}
+
+/// A batch being decoded and queued to the writer on the blocking pool (`queue_batch`).
+type Queueing = tokio::task::JoinHandle<Result<Inflight, ReplError>>;
+
+/// Decodes a batch and queues it to the engine's writer, on the blocking pool: the writer's queue
+/// (`WRITER_QUEUE_REQUESTS_MAX` commands) may be full — a batch is one command per removal entry,
+/// each written alone with its own fsync, so a batch of erasures fills it by itself — and
+/// `Engine::submit_replicated` then waits for room, which must not hold one of the runtime's
+/// workers (two on the target machine). Decoding up to a megabyte of entries is off the workers
+/// too. The session queues one batch at a time, so batches reach the writer in order.
+fn queue_batch(
+    engine: Arc<Engine>,
+    epoch: u64,
+    first_lsn: u64,
+    entries: Vec<Bytes>,
+    committed: trackstore_engine::CommitRuns,
+) -> Queueing {
+    tokio::task::spawn_blocking(move || {
+        let mut bytes = 0u64;
+        let mut events = Vec::with_capacity(entries.len());
+        for (i, b) in entries.iter().enumerate() {
+            let lsn = first_lsn + i as u64;
+            bytes += b.len() as u64;
+            let e = codec::decode_log_entry(b)
+                .map_err(|e| ReplError::Protocol(format!("entry {lsn} does not decode: {e}")))?;
+            if e.lsn() != Lsn(lsn) {
+                return Err(ReplError::Protocol(format!(
+                    "entry {lsn} carries LSN {}",
+                    e.lsn()
+                )));
+            }
+            events.push(e);
+        }
+        let received: Vec<i64> = events.iter().map(|e| e.received_at().as_millis()).collect();
+        let (tx, rx) = oneshot::channel();
+        engine.submit_replicated(events, epoch, move |r| {
+            let _ = tx.send(r);
+        })?;
+        Ok(Inflight {
+            done: rx,
+            received,
+            committed,
+            bytes,
+        })
+    })
 }
 
 /// Writes the entries after `keep` to a new quarantine file (NDJSON of stored events, the same
@@ -861,7 +913,8 @@ impl SnapshotReceiver {
                 Ok(SnapshotStep::End)
             }
             other => Err(bad(format!(
-                "unexpected frame during a snapshot: {other:?}"
+                "unexpected {} frame during a snapshot",
+                other.kind()
             ))),
         }
     }
@@ -1042,7 +1095,12 @@ async fn bootstrap_once(
         Ok(Some(Frame::Refused { reason, .. })) => {
             return unavailable(format!("the primary refused: {reason}"));
         }
-        Ok(Some(other)) => return unavailable(format!("the primary answered {other:?}")),
+        Ok(Some(other)) => {
+            return unavailable(format!(
+                "the primary answered with a {} frame",
+                other.kind()
+            ));
+        }
         Ok(None) => return unavailable("the primary closed the stream".into()),
         Err(e) => return unavailable(e.to_string()),
     };
@@ -1122,7 +1180,7 @@ async fn receive_files(
     // Nothing may follow the end: a primary that keeps sending is not speaking this protocol.
     match reader.next().await {
         Ok(None) => {}
-        Ok(Some(other)) => return Err(bad(format!("{other:?} after SnapshotEnd"))),
+        Ok(Some(other)) => return Err(bad(format!("a {} frame after SnapshotEnd", other.kind()))),
         Err(e) => return Err(bad(format!("after SnapshotEnd: {e}"))),
     }
     let dir = db.clone();
@@ -1166,10 +1224,17 @@ pub fn verify_and_install(
             engine.last_lsn()
         )));
     }
-    if engine.epoch_history() != history {
+    let held = engine.epoch_history();
+    if held != history {
+        // Both lists hold up to `HISTORY_MAX` entries: name where they part, not all of them.
+        let at = held.iter().zip(history).take_while(|(a, b)| a == b).count();
         return Err(bad(format!(
-            "the snapshot's epoch history {:?} differs from the announced {history:?}",
-            engine.epoch_history()
+            "the snapshot's epoch history differs from the announced one at entry {at}: {:?} \
+             against {:?} ({} and {} entries)",
+            held.get(at),
+            history.get(at),
+            held.len(),
+            history.len()
         )));
     }
     engine.close();
@@ -1464,5 +1529,205 @@ mod tests {
             .expect_err("a store without CURRENT");
         assert!(err.to_string().contains("snapshot"), "{err}");
         assert!(!trackstore_engine::db_path(&data).exists());
+    }
+
+    #[test]
+    fn a_frame_out_of_place_is_named_by_its_kind_not_printed() {
+        // A 4 MiB batch where a snapshot frame belongs: its Debug text would be ~16 MiB.
+        let entries = Frame::Entries {
+            epoch: 1,
+            first_lsn: 1,
+            entries: vec![Bytes::from(vec![7u8; 1 << 20]); 4],
+            committed: Vec::new(),
+        };
+        let (begin, _) = transfer(FILES, 4);
+        let mut rx = receiver(begin).expect("valid begin");
+        let err = rx.on_frame(entries).expect_err("out of place").to_string();
+        assert!(err.contains("Entries"), "{err}");
+        assert!(err.len() < 200, "{} bytes", err.len());
+        let (begin, mut frames) = transfer(FILES, 4);
+        frames.insert(0, Frame::Ack { applied_lsn: 1 });
+        let err = run(begin, frames).expect_err("out of place");
+        assert!(err.contains("unexpected Ack frame"), "{err}");
+    }
+
+    /// Holds the replica's writer inside the commit of a removal (a commit listener that waits),
+    /// so that its queue can be filled; released when dropped, also when an assertion fails.
+    struct Hold(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+    impl Hold {
+        fn release(&self) {
+            *self.0.0.lock().expect("hold lock") = false;
+            self.0.1.notify_all();
+        }
+    }
+
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            self.release();
+        }
+    }
+
+    fn event(id: &str, order: &str) -> trackstore_engine::Event {
+        trackstore_engine::Event {
+            event_id: id.into(),
+            order_id: order.into(),
+            status: trackstore_engine::Status::Created,
+            occurred_at: trackstore_engine::Timestamp::from_millis(1_700_000_000_000)
+                .expect("in range"),
+            source: None,
+            carrier: None,
+            reason: None,
+            location: None,
+            eta: None,
+            attributes: None,
+        }
+    }
+
+    /// How full the replica's writer queue is when the next batch (two commands: a removal, then
+    /// an event) is queued.
+    enum Fill {
+        /// Room for one command: the batch's second command must wait.
+        AllButOne,
+        /// No room at all.
+        Full,
+    }
+
+    /// A batch queued while the writer's queue is full neither holds the async worker nor fails:
+    /// it waits for room on the blocking pool, and is applied once the writer moves on.
+    fn a_batch_meets_a_full_writer_queue(fill: Fill) {
+        use trackstore_engine::limits::WRITER_QUEUE_REQUESTS_MAX;
+        use trackstore_engine::{Durability, Error};
+        let options = || EngineOptions {
+            durability: Durability::NoSyncUnsafe,
+            ..EngineOptions::default()
+        };
+        let tmp = tempfile::tempdir().expect("temp dir");
+        // The primary's log: three events, two erasures, one more event (the first event stays, so
+        // that the log keeps its prefix).
+        let primary = Engine::open(&tmp.path().join("primary"), options()).expect("open");
+        primary
+            .append(vec![
+                event("e-0", "o-0"),
+                event("e-1", "o-1"),
+                event("e-2", "o-2"),
+            ])
+            .expect("append");
+        // Read before the erasures, as a replica following live receives them: events, which the
+        // erasures then remove on the replica too.
+        let mut log = primary.read_log(Lsn(1), 10).expect("log");
+        primary.erase_order("o-1").expect("erase").expect("erased");
+        primary.erase_order("o-2").expect("erase").expect("erased");
+        primary.append(vec![event("e-3", "o-3")]).expect("append");
+        log.extend(primary.read_log(Lsn(4), 10).expect("log"));
+        assert_eq!(log.len(), 6);
+        assert!(matches!(log[3], LogEntry::Removal(_)));
+        assert!(matches!(log[4], LogEntry::Removal(_)));
+
+        let replica = Arc::new(Engine::open(&tmp.path().join("replica"), options()).expect("open"));
+        replica.set_read_only("a replica").expect("read-only");
+        let hold = Hold(Arc::new((Mutex::new(true), std::sync::Condvar::new())));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let gate = hold.0.clone();
+        // The removal at LSN 4 commits on the writer's planner thread (a removal runs alone): held
+        // there, nothing takes commands off the queue.
+        replica.on_commit(move |info| {
+            if info.last_lsn != Lsn(4) {
+                return;
+            }
+            let mut held = gate.0.lock().expect("hold lock");
+            if *held {
+                let _ = held_tx.send(());
+            }
+            while *held {
+                held = gate.1.wait(held).expect("hold lock");
+            }
+        });
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        replica
+            .submit_replicated(log[..4].to_vec(), 1, move |r| {
+                let _ = first_tx.send(r);
+            })
+            .expect("queued");
+        if held_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            panic!(
+                "the writer is not held in the removal at LSN 4: {:?}",
+                first_rx.try_recv()
+            );
+        }
+        // Nothing drains the queue now: fill it with appends (refused later: a read-only node).
+        let room = match fill {
+            Fill::AllButOne => 1,
+            Fill::Full => 0,
+        };
+        for _ in 0..WRITER_QUEUE_REQUESTS_MAX - room {
+            replica
+                .submit_append(vec![event("x", "o-x")], |_| {})
+                .expect("room in the queue");
+        }
+        if room == 0 {
+            assert!(matches!(
+                replica.submit_append(vec![event("x", "o-x")], |_| {}),
+                Err(Error::Overloaded(_))
+            ));
+        }
+
+        // The session's side, on a runtime of one worker: queue the next batch, and see that the
+        // worker still runs other tasks while the batch waits for room.
+        let (tick_tx, tick_rx) = std::sync::mpsc::channel();
+        let entries: Vec<Bytes> = log[4..]
+            .iter()
+            .map(|e| Bytes::from(codec::encode_log_entry(e)))
+            .collect();
+        let engine = replica.clone();
+        let worker = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let ticker = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let _ = tick_tx.send(());
+                });
+                let queued = queue_batch(engine, 1, 5, entries, Vec::new())
+                    .await
+                    .expect("the queueing task ends");
+                let _ = ticker.await;
+                let batch = queued?;
+                assert_eq!(batch.received.len(), 2);
+                batch
+                    .done
+                    .await
+                    .map_err(|_| ReplError::Protocol("no answer".into()))?
+                    .map_err(ReplError::Engine)
+            })
+        });
+        let ticked = tick_rx.recv_timeout(Duration::from_secs(5));
+        hold.release();
+        assert!(
+            ticked.is_ok(),
+            "the async worker was blocked while the writer's queue was full"
+        );
+        let applied = worker.join().expect("the worker thread");
+        assert_eq!(applied.expect("the batch is applied"), Lsn(6));
+        assert_eq!(first_rx.recv().expect("answered").expect("applied"), Lsn(4));
+        assert_eq!(replica.last_lsn(), Lsn(6));
+        assert_eq!(replica.stats().events, 2, "o-0's and o-3's events are left");
+        assert_eq!(
+            replica.stats(),
+            primary.stats(),
+            "the replica equals its primary"
+        );
+    }
+
+    #[test]
+    fn a_batch_waiting_for_room_in_the_writer_queue_does_not_hold_the_async_worker() {
+        a_batch_meets_a_full_writer_queue(Fill::AllButOne);
+    }
+
+    #[test]
+    fn a_batch_meeting_a_full_writer_queue_waits_instead_of_failing() {
+        a_batch_meets_a_full_writer_queue(Fill::Full);
     }
 }

@@ -45,6 +45,10 @@ pub enum ReplError {
     Unrejoinable(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// This node's epoch history fails its checks: replication must stop rather than take it for
+    /// an empty one (a replica told to start from LSN 1 would truncate its whole log).
+    #[error("this node's epoch history is corrupt: {0}")]
+    CorruptHistory(String),
 }
 
 /// This node's certificate and key, and the CA every peer must be signed by.

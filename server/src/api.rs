@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
@@ -45,6 +46,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub inflight: Arc<Semaphore>,
+    /// Bytes of ingest bodies being read or parsed, in KiB (`max_inflight_body_bytes`).
+    pub body_budget: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub shutting_down: AtomicBool,
     /// The UDP port serving HTTP/3, advertised with `Alt-Svc`.
@@ -140,6 +143,24 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The method label of a request: the methods of HTTP/1.1's registry by name, any other `other`
+/// (the `http` crate accepts extension methods of any length).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 pub fn protocol_of(v: Version) -> &'static str {
     match v {
         Version::HTTP_3 => "h3",
@@ -154,7 +175,7 @@ pub fn protocol_of(v: Version) -> &'static str {
 async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = route_of(req.uri().path());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let protocol = protocol_of(req.version());
     let probe = matches!(route, "/healthz" | "/readyz" | "/metrics");
     let permit = if probe {
@@ -211,32 +232,134 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
             p.into_response()
         }
     };
-    drop(permit);
+    // A large body keeps the permit until the connection has taken its last piece: a page can be
+    // megabytes and a client that reads it slowly must not have it counted as done. But at most
+    // for the request timeout: HTTP/2 and HTTP/3 flow control can stall a stream without any TCP
+    // write waiting (so no write-stall bound would see it). A small body (the usual answer) is
+    // handed over at once and releases it now. A live stream is bounded by the subscriber limit.
+    let small = http_body::Body::size_hint(resp.body())
+        .upper()
+        .is_some_and(|n| n <= BODY_PIECE_BYTES as u64);
+    let resp = match permit {
+        Some(permit) if !small && route != "/v1/stream" => {
+            let slot = Arc::new(std::sync::Mutex::new(Some(permit)));
+            let expiry = {
+                let slot = slot.clone();
+                let after = app.limits.request_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    drop(slot.lock().map(|mut p| p.take()));
+                })
+                .abort_handle()
+            };
+            resp.map(|body| {
+                Body::new(HoldPermit {
+                    body,
+                    rest: Bytes::new(),
+                    slot,
+                    expiry,
+                })
+            })
+        }
+        _ => resp,
+    };
     finish(&app, started, route, method, protocol, resp)
+}
+
+/// The largest piece of a response body handed to hyper at once. hyper (HTTP/1 and HTTP/2) takes
+/// the next piece only when it has room to send, so what a slow client leaves buffered outside the
+/// in-flight bound is about one piece per stream, not a whole page.
+const BODY_PIECE_BYTES: usize = 64 * 1024;
+
+/// A response body that holds an in-flight permit until hyper has taken all of it (or a timer
+/// released it), handing it over in pieces of at most [`BODY_PIECE_BYTES`] (slices of the same
+/// buffer: nothing is copied).
+struct HoldPermit {
+    body: Body,
+    /// What is left of the last data frame of `body`.
+    rest: Bytes,
+    slot: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The task that releases the permit at the request timeout.
+    expiry: tokio::task::AbortHandle,
+}
+
+impl Drop for HoldPermit {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.slot.lock() {
+            p.take();
+        }
+        self.expiry.abort();
+    }
+}
+
+impl HoldPermit {
+    fn piece(&mut self) -> http_body::Frame<Bytes> {
+        let n = self.rest.len().min(BODY_PIECE_BYTES);
+        http_body::Frame::data(self.rest.split_to(n))
+    }
+}
+
+impl http_body::Body for HoldPermit {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if !this.rest.is_empty() {
+            return Poll::Ready(Some(Ok(this.piece())));
+        }
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if data.len() > BODY_PIECE_BYTES => {
+                    this.rest = data;
+                    Poll::Ready(Some(Ok(this.piece())))
+                }
+                Ok(data) => Poll::Ready(Some(Ok(http_body::Frame::data(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let inner = self.body.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
+    }
 }
 
 fn finish(
     app: &App,
     started: Instant,
     route: &'static str,
-    method: String,
+    method: &'static str,
     protocol: &'static str,
     mut resp: Response,
 ) -> Response {
     let m = &app.metrics;
     m.requests
         .get_or_create(&RequestLabels {
-            route: route.to_owned(),
+            route,
             method,
             status: resp.status().as_u16(),
             protocol,
         })
         .inc();
     m.request_seconds
-        .get_or_create(&RouteLabels {
-            route: route.to_owned(),
-            protocol,
-        })
+        .get_or_create(&RouteLabels { route, protocol })
         .observe(started.elapsed().as_secs_f64());
     if let (Some(port), false) = (app.h3_port, protocol == "h3")
         && let Ok(v) = HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
@@ -388,6 +511,15 @@ impl Params {
     }
 }
 
+/// A path segment as a string; one axum cannot decode (invalid percent-encoding or UTF-8) is a
+/// problem+json 400 naming the parameter, like every other error.
+fn path_param(p: Result<Path<String>, PathRejection>, name: &str) -> Result<String, Problem> {
+    match p {
+        Ok(Path(v)) => Ok(v),
+        Err(e) => Err(Problem::invalid_parameter(name, e.body_text())),
+    }
+}
+
 type RawQuery = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
 
 fn order_id_param(order_id: &str) -> Result<(), Problem> {
@@ -461,12 +593,111 @@ fn too_large(limit: usize) -> Problem {
     )
 }
 
-/// Reads a body up to `limit` bytes.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
-    let declared = headers
+/// Reserves `bytes` (rounded up to KiB) of the ingest body budget shared by all requests.
+fn reserve_body_bytes(
+    app: &App,
+    bytes: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Problem> {
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    app.body_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map_err(|_| {
+            app.metrics
+                .overload_rejections
+                .get_or_create(&ReasonLabels {
+                    reason: "inflight_body_bytes",
+                })
+                .inc();
+            Problem::overloaded(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{} bytes of request bodies are being read; retry later",
+                    app.limits.max_inflight_body_bytes
+                ),
+            )
+        })
+}
+
+/// How much more of the budget a body without `Content-Length` takes each time it outgrows what it
+/// holds.
+const BODY_RESERVE_STEP: usize = 64 * 1024;
+
+/// Reads an ingest body within the shared budget: its `Content-Length` is reserved before it is
+/// read (and holds: a longer body is refused, whatever the protocol enforces), a body without one
+/// reserves as it arrives. The permit is held until the request ends, since the parsed events live
+/// as long.
+async fn read_ingest_body(
+    app: &App,
+    headers: &HeaderMap,
+    mut body: Body,
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Problem> {
+    let limit = app.limits.max_body_bytes;
+    let declared = declared_length(headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let mut reserved = declared.map_or(BODY_RESERVE_STEP.min(limit), |n| n as usize);
+    let mut permit = reserve_body_bytes(app, reserved)?;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(too_large(limit));
+        }
+        if let Some(n) = declared
+            && total as u64 > n
+        {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                format!("the body is longer than its Content-Length of {n} bytes"),
+            ));
+        }
+        if total > reserved {
+            let more = (total - reserved)
+                .max(BODY_RESERVE_STEP)
+                .min(limit - reserved);
+            permit.merge(reserve_body_bytes(app, more)?);
+            reserved += more;
+        }
+        chunks.push(data);
+    }
+    let bytes = match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    };
+    Ok((bytes, permit))
+}
+
+/// The KiB permits of `body_budget` for `max_inflight_body_bytes`.
+pub fn body_budget_permits(max_inflight_body_bytes: usize) -> usize {
+    max_inflight_body_bytes.div_ceil(1024)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Reads a body up to `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
@@ -500,30 +731,17 @@ async fn ingest(
 ) -> Result<Response, Problem> {
     refuse_on_replica(&app, "writes")?;
     let format = body_format(&headers)?;
-    let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
+    let (bytes, _budget) = read_ingest_body(&app, &headers, body).await?;
     let now = Timestamp::now();
-    let events = if bytes.len() > PARSE_INLINE_BYTES_MAX {
-        blocking(move || parse_request(&bytes, format, now).map_err(Problem::from)).await?
-    } else {
-        parse_request(&bytes, format, now)?
-    };
     let max = app.limits.max_events_per_request;
-    if events.len() > max {
-        return Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-many-events",
-            "Too many events in one request",
-            format!(
-                "the request holds {} events; at most {max} are accepted",
-                events.len()
-            ),
-        ));
-    }
-    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
-    let (tx, rx) = oneshot::channel();
-    app.engine.submit_append(events, move |r| {
-        let _ = tx.send(r);
-    })?;
+    // Parsing, and the engine's check of every event in `submit_append`, take time in proportion to
+    // the body: a large one is handled on the blocking pool.
+    let (ids, rx) = if bytes.len() > PARSE_INLINE_BYTES_MAX {
+        let engine = app.engine.clone();
+        blocking(move || parse_and_submit(&engine, &bytes, format, now, max)).await?
+    } else {
+        parse_and_submit(&app.engine, &bytes, format, now, max)?
+    };
     let outcomes = rx
         .await
         .map_err(|_| Problem::from(trackstore_engine::Error::Closed))??;
@@ -556,6 +774,37 @@ async fn ingest(
     Ok(axum::Json(IngestResponse { results }).into_response())
 }
 
+type AppendReply = oneshot::Receiver<trackstore_engine::Result<Vec<Outcome>>>;
+
+/// Parses an ingest body and queues its events on the engine's writer: the events' ids, in order,
+/// and where the outcome will arrive.
+fn parse_and_submit(
+    engine: &Engine,
+    bytes: &[u8],
+    format: BodyFormat,
+    now: Timestamp,
+    max: usize,
+) -> Result<(Vec<String>, AppendReply), Problem> {
+    let events = parse_request(bytes, format, now)?;
+    if events.len() > max {
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-events",
+            "Too many events in one request",
+            format!(
+                "the request holds {} events; at most {max} are accepted",
+                events.len()
+            ),
+        ));
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    let (tx, rx) = oneshot::channel();
+    engine.submit_append(events, move |r| {
+        let _ = tx.send(r);
+    })?;
+    Ok((ids, rx))
+}
+
 /// The answer to `POST /v1/events`, serialised without building a `Value` per event.
 #[derive(serde::Serialize)]
 struct IngestResponse<'a> {
@@ -573,10 +822,11 @@ struct IngestResult<'a> {
 
 async fn order_state(
     State(app): State<AppState>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, Problem> {
     Params::from(q)?.finish()?;
+    let order_id = path_param(order_id, "order_id")?;
     order_id_param(&order_id)?;
     // Answered on this thread when memory holds it (the common case: a few microseconds), on the
     // blocking pool only when it waits for the disk.
@@ -597,7 +847,7 @@ async fn order_state(
 
 async fn timeline(
     State(app): State<AppState>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, Problem> {
     let mut p = Params::from(q)?;
@@ -609,6 +859,7 @@ async fn timeline(
         Some(_) => return Err(Problem::invalid_parameter("order", "must be asc or desc")),
     };
     p.finish()?;
+    let order_id = path_param(order_id, "order_id")?;
     order_id_param(&order_id)?;
     let cursor = cursor.as_deref();
     let page = match app
@@ -620,14 +871,31 @@ async fn timeline(
             count_read_from_disk(&app, "timeline");
             let engine = app.engine.clone();
             let cursor = cursor.map(str::to_owned);
+            let id = order_id.clone();
             blocking(move || {
                 engine
-                    .order_timeline(&order_id, direction, limit, cursor.as_deref())
+                    .order_timeline(&id, direction, limit, cursor.as_deref())
                     .map_err(Problem::from)
             })
             .await?
         }
     };
+    // An empty first page: the order is unknown (404, as for its state) or has nothing left to show.
+    if page.items.is_empty() && page.next_cursor.is_none() && cursor.is_none() {
+        let known = match app.engine.order_state_in_memory(&order_id)? {
+            InMemory::Answered(state) => state.is_some(),
+            InMemory::NeedsDisk => {
+                let engine = app.engine.clone();
+                let id = order_id.clone();
+                blocking(move || engine.order_state(&id).map_err(Problem::from))
+                    .await?
+                    .is_some()
+            }
+        };
+        if !known {
+            return Err(Problem::not_found(format!("no order {order_id:?}")));
+        }
+    }
     Ok(events_page(&page))
 }
 
@@ -749,9 +1017,14 @@ async fn stream(
             ),
         ));
     };
-    let (tx, rx) = mpsc::channel(app.limits.stream_buffer_events);
+    // One slot more than the buffer, kept for the final `error` event: a subscriber cut off because
+    // it stopped reading gets it after what is queued, whenever it reads again.
+    let (tx, rx) = mpsc::channel(app.limits.stream_buffer_events + 1);
+    let Ok(last) = tx.clone().try_reserve_owned() else {
+        return Err(Problem::internal("a new stream's queue is full"));
+    };
     app.metrics.subscribers.inc();
-    tokio::spawn(subscriber(app.clone(), filter, start, tx, guard));
+    tokio::spawn(subscriber(app.clone(), filter, start, tx, last, guard));
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
@@ -767,6 +1040,7 @@ async fn subscriber(
     filter: Filter,
     mut next: u64,
     tx: mpsc::Sender<SseItem>,
+    last: mpsc::OwnedPermit<SseItem>,
     guard: crate::hub::SubscriberGuard,
 ) {
     let reason = follow(&app, &filter, &mut next, &tx).await;
@@ -776,15 +1050,24 @@ async fn subscriber(
             .get_or_create(&ReasonLabels { reason })
             .inc();
         let data = json!({"reason": reason, "detail": detail, "next_lsn": next}).to_string();
-        // Best effort: a subscriber that does not read at all within a few seconds is just dropped.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            tx.send(Ok(SseEvent::default().event("error").data(data))),
-        )
-        .await;
+        last.send(Ok(SseEvent::default().event("error").data(data)));
     }
     app.metrics.subscribers.dec();
     drop(guard);
+}
+
+/// The longest a subscriber may leave its queue full (read nothing) before it is disconnected.
+const STREAM_STALL_MAX: Duration = Duration::from_secs(60);
+
+fn fell_behind(head: u64, next: u64, max_lag: u64) -> (&'static str, String) {
+    (
+        "too_slow",
+        format!(
+            "the subscriber fell {} events behind the head of the log (limit {max_lag}); \
+             reconnect with Last-Event-ID to resume",
+            head - next + 1
+        ),
+    )
 }
 
 /// Follows the log until the client leaves (`None`) or the server ends the stream (a reason).
@@ -802,6 +1085,10 @@ async fn follow(
         if *shutdown.borrow() {
             return Some(("shutdown", SHUTDOWN_DETAIL.into()));
         }
+        // A replay whose filter matches nothing sends nothing, so only this notices a client gone.
+        if tx.is_closed() {
+            return None;
+        }
         let head = *head_rx.borrow_and_update();
         if *next > head {
             caught_up = true;
@@ -815,14 +1102,7 @@ async fn follow(
         // Only a subscriber that was live and fell behind is too slow; a replay from an old LSN
         // reads the log at its own pace with bounded memory.
         if caught_up && head - *next >= max_lag {
-            return Some((
-                "too_slow",
-                format!(
-                    "the subscriber fell {} events behind the head of the log (limit {max_lag}); \
-                     reconnect with Last-Event-ID to resume",
-                    head - *next + 1
-                ),
-            ));
+            return Some(fell_behind(head, *next, max_lag));
         }
         // The events to send, and the last LSN the read covered (tombstones and removals in the log
         // have nothing to send but are passed over).
@@ -863,10 +1143,45 @@ async fn follow(
                     .id(e.lsn.0.to_string())
                     .event("delivery")
                     .data(serde_json::to_string(&*e).unwrap_or_default());
-                tokio::select! {
-                    r = tx.send(Ok(item)) => if r.is_err() { return None },
-                    _ = shutdown.changed() => return Some(("shutdown", SHUTDOWN_DETAIL.into())),
-                }
+                let permit = match tx.try_reserve() {
+                    Ok(p) => p,
+                    Err(mpsc::error::TrySendError::Closed(())) => return None,
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        // The client is not reading: wait, but not past the lag limit (the head
+                        // moves on meanwhile) nor past the stall limit (it may have stopped for good).
+                        let stalled = tokio::time::sleep(STREAM_STALL_MAX);
+                        tokio::pin!(stalled);
+                        loop {
+                            tokio::select! {
+                                p = tx.reserve() => match p {
+                                    Ok(p) => break p,
+                                    Err(_) => return None,
+                                },
+                                r = head_rx.changed() => {
+                                    if r.is_err() {
+                                        return None;
+                                    }
+                                    let head = *head_rx.borrow_and_update();
+                                    if caught_up && head.saturating_sub(*next) >= max_lag {
+                                        return Some(fell_behind(head, *next, max_lag));
+                                    }
+                                }
+                                _ = &mut stalled => return Some((
+                                    "too_slow",
+                                    format!(
+                                        "the subscriber read nothing for {} s; reconnect with \
+                                         Last-Event-ID to resume",
+                                        STREAM_STALL_MAX.as_secs()
+                                    ),
+                                )),
+                                _ = shutdown.changed() => {
+                                    return Some(("shutdown", SHUTDOWN_DETAIL.into()));
+                                }
+                            }
+                        }
+                    }
+                };
+                permit.send(Ok(item));
             }
             // Advanced only once delivered, so that `next_lsn` in a final error is exact.
             *next = e.lsn.0 + 1;
@@ -882,19 +1197,23 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {
+    let primary = matches!(app.replication.role(), crate::replication::Role::Primary);
     let not_ready = if app.shutting_down.load(Ordering::Acquire) {
         Some("the server is shutting down".to_owned())
-    } else {
+    } else if let Some(r) = app.engine.poisoned() {
+        Some(format!("the engine refuses writes: {r}"))
+    } else if primary {
+        // A primary's role is taking writes: one that refuses them (it learned of a newer epoch,
+        // or it is stopped for a switchover) must leave a write service's endpoints.
         app.engine
-            .poisoned()
-            .map(|r| format!("the engine refuses writes: {r}"))
+            .read_only_reason()
+            .map(|r| format!("this primary refuses writes: {r}"))
+    } else {
+        None
     };
     match not_ready {
         None => {
-            let role = match app.replication.role() {
-                crate::replication::Role::Primary => "primary",
-                crate::replication::Role::Replica { .. } => "replica",
-            };
+            let role = if primary { "primary" } else { "replica" };
             axum::Json(json!({"status": "ready", "role": role})).into_response()
         }
         Some(detail) => {
@@ -982,11 +1301,12 @@ pub const ERASURE_LSN_HEADER: &str = "trackstore-erasure-lsn";
 
 async fn erase_order(
     State(app): State<AppState>,
-    Path(order_id): Path<String>,
+    order_id: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, Problem> {
     Params::from(q)?.finish()?;
     refuse_on_replica(&app, "erasures")?;
+    let order_id = path_param(order_id, "order_id")?;
     order_id_param(&order_id)?;
     let engine = app.engine.clone();
     let id = order_id.clone();
@@ -1014,13 +1334,13 @@ async fn erase_order(
 /// given order (an auditor checking a receipt).
 async fn erasure_record(
     State(app): State<AppState>,
-    Path(lsn): Path<String>,
+    lsn: Result<Path<String>, PathRejection>,
     q: RawQuery,
 ) -> Result<Response, Problem> {
     let mut p = Params::from(q)?;
     let order_id = p.take("order_id")?;
     p.finish()?;
-    let lsn: u64 = lsn
+    let lsn: u64 = path_param(lsn, "lsn")?
         .parse()
         .map_err(|_| Problem::invalid_parameter("lsn", "must be a log sequence number"))?;
     if let Some(id) = &order_id {

@@ -170,9 +170,11 @@ impl Audit {
     /// the start rather than the first admin action, and starts the writer thread.
     pub fn open(data_dir: &Path) -> Result<Audit, AuditError> {
         let path = data_dir.join(AUDIT_FILE);
-        write_line(&path, data_dir, b"", Persist::Fsync).map_err(|source| AuditError::Io {
-            path: path.clone(),
-            source,
+        write_line(&path, data_dir, b"", Persist::Fsync, &mut true).map_err(|source| {
+            AuditError::Io {
+                path: path.clone(),
+                source,
+            }
         })?;
         let (queue, jobs) = tokio::sync::mpsc::channel(AUDIT_QUEUE_RECORDS_MAX);
         let (file, dir) = (path.clone(), data_dir.to_owned());
@@ -254,6 +256,10 @@ impl Audit {
 
 /// The writer thread: each batch is what was queued while the last one was written.
 fn write_batches(path: &Path, dir: &Path, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
+    // Whether the file's directory entry may not be durable yet: a file created by a batch without
+    // fsync (an operator renamed the log, then an admin read was recorded) must have it synced by
+    // the next batch that promises durability. `Audit::open` synced it.
+    let mut entry_unsynced = false;
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < AUDIT_BATCH_RECORDS_MAX {
@@ -268,7 +274,7 @@ fn write_batches(path: &Path, dir: &Path, mut jobs: tokio::sync::mpsc::Receiver<
         } else {
             Persist::NoFsync
         };
-        let result = write_line(path, dir, &lines, persist);
+        let result = write_line(path, dir, &lines, persist, &mut entry_unsynced);
         for job in batch {
             // A caller that went away needs no answer.
             let _ = job.done.send(match &result {
@@ -279,8 +285,16 @@ fn write_batches(path: &Path, dir: &Path, mut jobs: tokio::sync::mpsc::Receiver<
     }
 }
 
-fn write_line(path: &Path, dir: &Path, line: &[u8], persist: Persist) -> std::io::Result<()> {
-    let existed = path.exists();
+fn write_line(
+    path: &Path,
+    dir: &Path,
+    line: &[u8],
+    persist: Persist,
+    entry_unsynced: &mut bool,
+) -> std::io::Result<()> {
+    if !path.exists() {
+        *entry_unsynced = true;
+    }
     let mut file = OpenOptions::new()
         .append(true)
         .create(true)
@@ -295,9 +309,10 @@ fn write_line(path: &Path, dir: &Path, line: &[u8], persist: Persist) -> std::io
     }
     if persist == Persist::Fsync {
         file.sync_data()?;
-        if !existed {
-            // The new file's directory entry must be durable too.
+        if *entry_unsynced {
+            // The file's directory entry must be durable too.
             std::fs::File::open(dir)?.sync_all()?;
+            *entry_unsynced = false;
         }
     }
     Ok(())
@@ -479,5 +494,49 @@ mod tests {
         assert!(e.to_string().contains("audit.log"), "{e}");
         assert_eq!(Problem::from(e).slug, "audit-failure");
         assert!(Audit::open(dir.path()).is_err(), "open checks the file");
+    }
+
+    #[test]
+    fn a_file_created_without_fsync_has_its_entry_synced_by_the_next_fsync_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_FILE);
+        let mut unsynced = false;
+        // Recreated after a rotation by a record that promises nothing.
+        write_line(
+            &path,
+            dir.path(),
+            b"read\n",
+            Persist::NoFsync,
+            &mut unsynced,
+        )
+        .unwrap();
+        assert!(
+            unsynced,
+            "the new file's directory entry is not durable yet"
+        );
+        write_line(
+            &path,
+            dir.path(),
+            b"more\n",
+            Persist::NoFsync,
+            &mut unsynced,
+        )
+        .unwrap();
+        assert!(unsynced, "a second batch without fsync must not forget it");
+        write_line(
+            &path,
+            dir.path(),
+            b"change\n",
+            Persist::Fsync,
+            &mut unsynced,
+        )
+        .unwrap();
+        assert!(!unsynced, "the first batch with fsync syncs the directory");
+        write_line(&path, dir.path(), b"again\n", Persist::Fsync, &mut unsynced).unwrap();
+        assert!(!unsynced);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "read\nmore\nchange\nagain\n"
+        );
     }
 }

@@ -104,10 +104,16 @@ const RETENTION_STEP_EVENTS: usize = 10_000;
 const RETENTION_WRITER_PERCENT: u32 = 5;
 const PURGE_INTERVAL_MS: u64 = 24 * 3600 * 1000;
 
+/// The most SSE events a subscriber's queue may hold (each can be a few KiB).
+const STREAM_BUFFER_EVENTS_MAX: usize = 65_536;
+
 /// Every bound of the front end. Documented in docs/limits.md.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Bytes of request bodies being read or parsed at once, over all requests (a body without
+    /// `Content-Length` counts as `max_body_bytes` until read).
+    pub max_inflight_body_bytes: usize,
     pub max_events_per_request: usize,
     pub max_connections: usize,
     pub max_inflight_requests: usize,
@@ -115,6 +121,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long `/readyz` answers 503 while the listeners still accept, so that a
+    /// load balancer stops sending new connections before they would be refused.
+    pub shutdown_drain: Duration,
     /// SSE events queued per subscriber between its reader task and its connection.
     pub stream_buffer_events: usize,
     /// A subscriber further behind the head of the log than this is disconnected.
@@ -126,6 +135,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_body_bytes: 8 * 1024 * 1024,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
             max_events_per_request: EVENTS_PER_REQUEST_MAX,
             max_connections: 4096,
             max_inflight_requests: 1024,
@@ -133,6 +143,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(25),
+            shutdown_drain: Duration::ZERO,
             stream_buffer_events: 256,
             stream_max_lag_events: 100_000,
             max_subscribers: 1024,
@@ -237,6 +248,8 @@ pub struct Flags {
     pub log_format: Option<LogFormat>,
     #[arg(long, env = "TRACKSTORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "TRACKSTORE_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<usize>,
     #[arg(long, env = "TRACKSTORE_MAX_EVENTS_PER_REQUEST")]
     pub max_events_per_request: Option<usize>,
     #[arg(long, env = "TRACKSTORE_MAX_CONNECTIONS")]
@@ -251,6 +264,10 @@ pub struct Flags {
     pub request_timeout_ms: Option<u64>,
     #[arg(long, env = "TRACKSTORE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// After SIGTERM, keep accepting for this long with `/readyz` at 503 (Kubernetes: the time its
+    /// endpoints take to drop the pod, e.g. 5000). Default 0. A second signal skips it.
+    #[arg(long, env = "TRACKSTORE_SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
     #[arg(long, env = "TRACKSTORE_STREAM_BUFFER_EVENTS")]
     pub stream_buffer_events: Option<usize>,
     #[arg(long, env = "TRACKSTORE_STREAM_MAX_LAG_EVENTS")]
@@ -308,6 +325,7 @@ pub struct File {
     pub block_cache_mb: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub max_body_bytes: Option<usize>,
+    pub max_inflight_body_bytes: Option<usize>,
     pub max_events_per_request: Option<usize>,
     pub max_connections: Option<usize>,
     pub max_inflight_requests: Option<usize>,
@@ -315,6 +333,7 @@ pub struct File {
     pub header_read_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub shutdown_drain_ms: Option<u64>,
     pub stream_buffer_events: Option<usize>,
     pub stream_max_lag_events: Option<u64>,
     pub max_subscribers: Option<usize>,
@@ -405,6 +424,10 @@ impl Config {
                     .max_body_bytes
                     .or(file.max_body_bytes)
                     .unwrap_or(dl.max_body_bytes),
+                max_inflight_body_bytes: f
+                    .max_inflight_body_bytes
+                    .or(file.max_inflight_body_bytes)
+                    .unwrap_or(dl.max_inflight_body_bytes),
                 max_events_per_request: f
                     .max_events_per_request
                     .or(file.max_events_per_request)
@@ -436,6 +459,11 @@ impl Config {
                     .or(file.shutdown_grace_ms)
                     .map(ms)
                     .unwrap_or(dl.shutdown_grace),
+                shutdown_drain: f
+                    .shutdown_drain_ms
+                    .or(file.shutdown_drain_ms)
+                    .map(ms)
+                    .unwrap_or(dl.shutdown_drain),
                 stream_buffer_events: f
                     .stream_buffer_events
                     .or(file.stream_buffer_events)
@@ -490,6 +518,12 @@ impl Config {
         if l.max_body_bytes < 1024 || l.max_body_bytes > 256 * 1024 * 1024 {
             return bad("max_body_bytes must be 1 KiB..=256 MiB".into());
         }
+        if l.max_inflight_body_bytes < l.max_body_bytes || l.max_inflight_body_bytes > 64 << 30 {
+            return bad(format!(
+                "max_inflight_body_bytes must be max_body_bytes ({})..=64 GiB",
+                l.max_body_bytes
+            ));
+        }
         for (name, v) in [
             ("max_connections", l.max_connections),
             ("max_inflight_requests", l.max_inflight_requests),
@@ -500,6 +534,11 @@ impl Config {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
+        }
+        if l.stream_buffer_events > STREAM_BUFFER_EVENTS_MAX {
+            return bad(format!(
+                "stream_buffer_events must be 1..={STREAM_BUFFER_EVENTS_MAX}"
+            ));
         }
         if l.stream_max_lag_events == 0 {
             return bad("stream_max_lag_events must be at least 1".into());

@@ -41,18 +41,23 @@ impl Hub {
             self.ring.lock().expect("ring lock").clear();
         }
         if !info.new_events.is_empty() && self.subscribers.load(Ordering::Acquire) > 0 {
-            let mut ring = self.ring.lock().expect("ring lock");
             let first = info.new_events[0].lsn.0;
+            let skip = info.new_events.len().saturating_sub(RING_EVENTS);
+            // Copied before taking the lock, which subscribers' readers take on async workers.
+            let fresh: Vec<Arc<StoredEvent>> = info.new_events[skip..]
+                .iter()
+                .map(|e| Arc::new(e.clone()))
+                .collect();
+            let mut ring = self.ring.lock().expect("ring lock");
             // The ring holds consecutive LSNs only: after a time without subscribers, start afresh.
             if ring.back().is_some_and(|b| b.lsn.0 + 1 != first) {
                 ring.clear();
             }
-            let skip = info.new_events.len().saturating_sub(RING_EVENTS);
-            for e in &info.new_events[skip..] {
+            for e in fresh {
                 if ring.len() == RING_EVENTS {
                     ring.pop_front();
                 }
-                ring.push_back(Arc::new(e.clone()));
+                ring.push_back(e);
             }
         }
         self.head.send_replace(info.last_lsn.0);

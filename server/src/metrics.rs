@@ -15,15 +15,17 @@ use trackstore_engine::{CommitInfo, Engine, Status};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
-    pub method: String,
+    pub route: &'static str,
+    /// One of a fixed set (`api::method_label`): a label taken from client input as sent would let
+    /// clients add series without bound.
+    pub method: &'static str,
     pub status: u16,
     pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
+    pub route: &'static str,
     pub protocol: &'static str,
 }
 
@@ -283,7 +285,8 @@ impl Metrics {
         );
         r.register_with_unit(
             "replication_lag",
-            "Replica: age of the oldest entry not applied yet (0 when caught up)",
+            "Replica: age of the oldest entry not applied yet (0 when caught up); primary: the \
+             largest of the connected replicas' (time since a lagging replica last acknowledged)",
             Unit::Seconds,
             m.replication_lag_seconds.clone(),
         );
@@ -391,12 +394,21 @@ impl Metrics {
             None => {
                 let last = engine.last_lsn().0;
                 let replicas = r.primary_state.replicas();
-                let worst = replicas
-                    .iter()
-                    .map(|x| last.saturating_sub(x.acked_lsn.0))
-                    .max()
-                    .unwrap_or(0);
-                self.replication_lag_lsn.set(worst as i64);
+                let now = std::time::Instant::now();
+                let (mut worst_lsn, mut worst_secs) = (0, 0.0f64);
+                for x in &replicas {
+                    let lag = last.saturating_sub(x.acked_lsn.0);
+                    worst_lsn = worst_lsn.max(lag);
+                    // As in /v1/admin/replication: how long the oldest unacknowledged entry waits.
+                    worst_secs = worst_secs.max(crate::replication::lag_seconds(
+                        engine,
+                        x,
+                        trackstore_engine::Lsn(last),
+                        now,
+                    ));
+                }
+                self.replication_lag_lsn.set(worst_lsn as i64);
+                self.replication_lag_seconds.set(worst_secs);
                 self.replication_replicas.set(replicas.len() as i64);
                 let p = &r.primary_state;
                 self.replication_bytes

@@ -446,7 +446,7 @@ impl Replication {
                             "acked_lsn": r.acked_lsn.0,
                             "sent_lsn": r.sent_lsn.0,
                             "lag_lsn": lag,
-                            "lag_seconds": if lag == 0 { 0.0 } else { now.duration_since(r.acked_at).as_secs_f64() },
+                            "lag_seconds": lag_seconds(e, r, last, now),
                         })
                     })
                     .collect();
@@ -559,4 +559,27 @@ pub enum PromoteError {
     AlreadyPrimary,
     #[error("promotion failed: {0}")]
     Failed(String),
+}
+
+/// How long a replica has lagged, seen from the primary: the age of the oldest entry it has not
+/// acknowledged (from that entry's commit, as a replica measures its own lag), 0 when it has
+/// everything. (The time since its last acknowledgement would count an idle hour before a write
+/// as an hour of lag.) When this node no longer knows that commit's time (more than the commit
+/// clock's groups ago, or before its start), the time since the replica last acknowledged.
+pub fn lag_seconds(
+    engine: &trackstore_engine::Engine,
+    r: &trackstore_replication::primary::ReplicaInfo,
+    last: trackstore_engine::Lsn,
+    now: Instant,
+) -> f64 {
+    if r.acked_lsn >= last {
+        return 0.0;
+    }
+    let oldest = trackstore_engine::Lsn(r.acked_lsn.0 + 1);
+    match engine.commit_times(oldest, 1).first() {
+        Some(&(_, at_us)) if at_us > 0 => {
+            (trackstore_engine::commit_clock::now_us() - at_us).max(0) as f64 / 1e6
+        }
+        _ => now.duration_since(r.acked_at).as_secs_f64(),
+    }
 }

@@ -241,6 +241,9 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         metrics: metrics.clone(),
         limits: limits.clone(),
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
+        body_budget: Arc::new(Semaphore::new(api::body_budget_permits(
+            limits.max_inflight_body_bytes,
+        ))),
         shutdown: shutdown_rx.clone(),
         shutting_down: AtomicBool::new(false),
         h3_port,
@@ -294,8 +297,19 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     }
 
     let signal = signals.wait().await;
-    tracing::info!(signal, "shutting down: finishing in-flight requests");
     app.shutting_down.store(true, Ordering::Release);
+    if !limits.shutdown_drain.is_zero() {
+        tracing::info!(
+            signal,
+            drain_ms = limits.shutdown_drain.as_millis() as u64,
+            "shutting down: /readyz is 503, still accepting while load balancers drop this node"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(limits.shutdown_drain) => {}
+            s = signals.wait() => tracing::info!(signal = s, "second signal: the drain is cut short"),
+        }
+    }
+    tracing::info!(signal, "shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
     // A retention step in progress finishes (it is one short write); a running purge is waited for.

@@ -629,6 +629,21 @@ fn cases(base: i64, cursors: &Cursors) -> Vec<Case> {
             404,
             &["not-found"],
         ),
+        get(
+            "timeline of an unknown order",
+            "/v1/orders/bad-o-none/events".into(),
+            404,
+            &["not-found"],
+        ),
+        Case {
+            fields: Fields::Listed(vec![(None, "order_id".into())]),
+            ..get(
+                "order id that is not UTF-8 once percent-decoded",
+                "/v1/orders/%FF%FE".into(),
+                400,
+                INVALID_PARAM,
+            )
+        },
         Case {
             method: "PUT",
             ..ingest(

@@ -198,3 +198,244 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_bodies_share_a_byte_budget_and_a_full_budget_answers_429() {
+    let server = Server::start_with(&[
+        "--max-body-bytes",
+        "65536",
+        "--max-inflight-body-bytes",
+        "65536",
+    ]);
+    // Reserves the whole budget: a POST that declares the largest body and sends one byte of it.
+    let hold_the_budget = || async {
+        let mut slow = TcpStream::connect(server.addrs.http).await.unwrap();
+        slow.write_all(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n\r\n[",
+        )
+        .await
+        .unwrap();
+        slow
+    };
+    let mut slow = hold_the_budget().await;
+    let mut c = server.client(Proto::H1).await;
+    let body = serde_json::json!({
+        "event_id": "budget-e-1", "order_id": "budget-o-1", "status": "created",
+        "occurred_at": support::rfc3339(support::base_time(0)),
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        let resp = c.post_json("/v1/events", &body).await;
+        if resp.status == 429 {
+            break resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a small ingest got {} for 10 s while the budget was held: {}",
+            resp.status,
+            resp.text()
+        );
+        // Stored before the slow POST took the budget: the later attempts are duplicates. If one
+        // of them held a KiB of the budget when the slow POST came, that POST was refused (429,
+        // connection closed) and nothing holds the budget: send a new one.
+        let mut buf = vec![0u8; 4096];
+        match slow.try_read(&mut buf) {
+            Ok(n) => {
+                let answer = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    n == 0 || answer.starts_with("HTTP/1.1 429"),
+                    "the slow POST was answered: {answer}"
+                );
+                slow = hold_the_budget().await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => slow = hold_the_budget().await,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let problem = resp.expect_problem(429, "overloaded", "ingest while the budget is held");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bytes of request bodies"),
+        "{problem}"
+    );
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    // Reads are not bodies: they go on.
+    assert_eq!(c.get("/v1/stats").await.status, 200);
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = c.post_json("/v1/events", &body).await;
+        if resp.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget was never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_label_unknown_methods_as_other() {
+    let server = Server::start();
+    for n in 0..3 {
+        let mut tcp = TcpStream::connect(server.addrs.http).await.unwrap();
+        tcp.write_all(
+            format!("FROBNICATE{n} /v1/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 405"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+    }
+    let mut c = server.client(Proto::H1).await;
+    let metrics = c.get("/metrics").await.text();
+    assert!(
+        !metrics.contains("FROBNICATE"),
+        "a client-chosen method became a label"
+    );
+    assert!(
+        metrics.contains("method=\"other\""),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("requests_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_a_large_response_keeps_its_slot_only_until_the_write_stalls_out()
+ {
+    let server = Server::start_with(&[
+        "--max-inflight-requests",
+        "1",
+        "--request-timeout-ms",
+        "5000",
+    ]);
+    let mut c = server.client(Proto::H1).await;
+    // ~16 MiB of events in one minute: a page of them is far more than socket buffers hold.
+    let t0 = support::base_time(3_600_000);
+    let pad = "x".repeat(1_900);
+    for batch in 0..8 {
+        let events: Vec<Value> = (0..1_000)
+            .map(|i| {
+                let n = batch * 1_000 + i;
+                support::with(
+                    support::event(
+                        &format!("w-{n}"),
+                        &format!("w-o-{}", n % 100),
+                        "in_transit",
+                        t0 + n,
+                    ),
+                    &[("attributes", serde_json::json!({ "pad": pad }))],
+                )
+            })
+            .collect();
+        let r = c.post_json("/v1/events", &Value::Array(events)).await;
+        r.expect_json(200, "ingest");
+    }
+    let path = format!(
+        "/v1/events?from={}&to={}&limit=10000",
+        support::q(&support::rfc3339(t0)),
+        support::q(&support::rfc3339(t0 + 60_000))
+    );
+    // Asks for the page and never reads it, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addrs.http).await.unwrap();
+    stuck
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The unread page still counts as in flight: the only slot is taken.
+    let held = c.get("/v1/stats").await;
+    held.expect_problem(429, "overloaded", "GET /v1/stats while a page is unread");
+    // Its writes wait for the client to read; after the request timeout the slot is free again.
+    loop {
+        let r = c.get("/v1/stats").await;
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "the stuck client still holds the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the server dropped the connection, the page cut short: what the socket buffers held
+    // arrives, then the end (without the write bound the server would send the whole page as the
+    // client reads, then keep the connection).
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stuck.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "the connection of a client that read nothing is still open"
+    );
+    assert!(got < 16_000_000, "the whole page ({got} bytes) was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_content_length_reserves_the_budget_as_it_arrives_not_the_largest_body() {
+    let server = Server::start_with(&[
+        "--max-body-bytes",
+        "1048576",
+        "--max-inflight-body-bytes",
+        "1048576",
+    ]);
+    // Half the budget held by a POST that declares 512 KiB and sends one byte.
+    let mut slow = TcpStream::connect(server.addrs.http).await.unwrap();
+    slow.write_all(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 524288\r\n\r\n[",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A small chunked ingest still fits: it does not reserve the largest body (1 MiB) up front.
+    let body = serde_json::json!({
+        "event_id": "chunked-e-1", "order_id": "chunked-o-1", "status": "created",
+        "occurred_at": support::rfc3339(support::base_time(0)),
+    })
+    .to_string();
+    let mut tcp = TcpStream::connect(server.addrs.http).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"created\""), "{answer}");
+    drop(slow);
+}

@@ -320,3 +320,88 @@ async fn a_slow_subscriber_is_cut_off_with_an_error_event_and_memory_stays_bound
     );
     assert_eq!(server.stop().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_frees_its_slot_without_reading_again() {
+    let mut server = Server::start_with(&[
+        "--stream-max-lag-events",
+        "2000",
+        "--stream-buffer-events",
+        "16",
+        "--max-subscribers",
+        "1",
+    ]);
+    let mut client = server.client(Proto::H1).await;
+    let t0 = base_time(3_600_000);
+    // Opened, then never read again while 40,000 events (~80 MiB of SSE) are stored: its queue and
+    // socket buffers fill, and the head of the log runs far past the lag limit.
+    let mut stuck = Sse::open(&server, "/v1/stream", &[]).await;
+    let pad = "x".repeat(1_900);
+    for batch in 0..40 {
+        let events: Vec<Value> = (0..1_000)
+            .map(|i| {
+                let n = batch * 1_000 + i;
+                with(
+                    event(
+                        &format!("k-{n}"),
+                        &format!("o-{}", n % 100),
+                        "in_transit",
+                        t0 + n,
+                    ),
+                    &[("attributes", json!({ "pad": pad }))],
+                )
+            })
+            .collect();
+        ingest(&mut client, events).await;
+    }
+    // The only subscriber slot is free again although the stuck one read nothing: it was cut off
+    // while waiting, not only once it read again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = stream_status(&server, "/v1/stream?order_id=none").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck subscriber still holds the only slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // When it reads again it gets what was queued, then the error event, then the end.
+    let mut error = None;
+    while let Some(m) = stuck.next(Duration::from_secs(20)).await {
+        if m.event.as_deref() == Some("error") {
+            error = Some(m);
+            break;
+        }
+    }
+    let data: Value = serde_json::from_str(&error.expect("an error event").data).unwrap();
+    assert_eq!(data["reason"], "too_slow", "{data}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+/// The status of a stream request (the stream itself is dropped at once).
+async fn stream_status(server: &Server, path_and_query: &str) -> u16 {
+    let tcp = TcpStream::connect(server.addrs.http)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get(path_and_query)
+        .header("host", server.addrs.http.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let status = send
+        .send_request(req)
+        .await
+        .expect("stream request")
+        .status();
+    conn.abort();
+    status.as_u16()
+}

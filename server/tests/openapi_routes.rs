@@ -66,6 +66,9 @@ async fn every_route_reaches_a_handler() {
         engine,
         metrics,
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
+        body_budget: Arc::new(Semaphore::new(api::body_budget_permits(
+            limits.max_inflight_body_bytes,
+        ))),
         limits,
         shutdown,
         shutting_down: AtomicBool::new(false),

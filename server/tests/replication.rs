@@ -347,6 +347,10 @@ async fn a_planned_switchover_under_load_loses_nothing_and_fences_the_old_primar
     r.expect_problem(503, "read-only-replica", "write to the old primary");
     let s = admin(&mut oc).await;
     assert_eq!(s["writes"], "refused", "{s}");
+    // And leaves a write service's endpoints: a primary that refuses writes is not ready.
+    let ready = oc.get("/readyz").await;
+    ready.expect_problem(503, "not-ready", "readyz of the fenced old primary");
+    assert!(ready.text().contains("refuses writes"), "{}", ready.text());
     // It rejoins as a replica with nothing to quarantine.
     old.stop();
     old.restart_with(&refs(&certs.args("primary", pp, Some(rp))));

@@ -1177,11 +1177,15 @@ async fn order_now(conn: &Connection, order_id: &str) -> Result<Option<OrderNow>
         limit: Some(1),
         ..TimelineQuery::default()
     };
-    let page = conn
-        .timeline(order_id, &q)
-        .await
-        .with_context(|| format!("get the oldest event of order {order_id:?}"))?;
-    // An empty timeline: the order was erased again between the two requests.
+    // Not found, or an empty timeline: the order was erased again between the two requests.
+    let page = match conn.timeline(order_id, &q).await {
+        Ok(page) => page,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("get the oldest event of order {order_id:?}")));
+        }
+    };
     Ok(page.events.first().map(|e| OrderNow {
         events: state.event_count,
         first_lsn: e.lsn,
