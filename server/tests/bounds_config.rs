@@ -40,6 +40,33 @@ async fn slowloris_connections_are_closed_after_the_header_read_timeout() {
     assert_eq!(c.get("/healthz").await.status, 200);
 }
 
+/// Whether a POST held open to take a bound was refused meanwhile (answered 429, or closed by the
+/// server): then it holds nothing, and the caller sends another.
+fn was_refused(slow: &TcpStream) -> bool {
+    let mut buf = vec![0u8; 4096];
+    match slow.try_read(&mut buf) {
+        Ok(n) => {
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                n == 0 || answer.starts_with("HTTP/1.1 429"),
+                "the slow POST was answered: {answer}"
+            );
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        // Closed by the server with bytes of ours unread: refused, like `Ok(0)`.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            true
+        }
+        Err(e) => panic!("reading the slow POST's connection: {e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_bound_answers_429_with_retry_after_and_probes_still_work() {
     let server = Server::start_with(&["--max-inflight-requests", "1"]);
@@ -65,27 +92,8 @@ async fn the_in_flight_bound_answers_429_with_retry_after_and_probes_still_work(
         // slot at that moment, the POST itself was refused (429, connection closed) and nothing
         // holds the slot any more; seen once under a loaded `make test`. Such a POST must have
         // been refused by this bound and nothing else; then a new one takes the slot.
-        let mut buf = vec![0u8; 4096];
-        match slow.try_read(&mut buf) {
-            Ok(n) => {
-                let answer = String::from_utf8_lossy(&buf[..n]);
-                assert!(
-                    n == 0 || answer.starts_with("HTTP/1.1 429"),
-                    "the slow POST was answered: {answer}"
-                );
-                slow = hold_the_slot().await;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            // Closed by the server with bytes of ours unread: refused, like `Ok(0)`.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                slow = hold_the_slot().await;
-            }
-            Err(e) => panic!("reading the slow POST's connection: {e}"),
+        if was_refused(&slow) {
+            slow = hold_the_slot().await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -238,18 +246,8 @@ async fn ingest_bodies_share_a_byte_budget_and_a_full_budget_answers_429() {
         // Stored before the slow POST took the budget: the later attempts are duplicates. If one
         // of them held a KiB of the budget when the slow POST came, that POST was refused (429,
         // connection closed) and nothing holds the budget: send a new one.
-        let mut buf = vec![0u8; 4096];
-        match slow.try_read(&mut buf) {
-            Ok(n) => {
-                let answer = String::from_utf8_lossy(&buf[..n]);
-                assert!(
-                    n == 0 || answer.starts_with("HTTP/1.1 429"),
-                    "the slow POST was answered: {answer}"
-                );
-                slow = hold_the_budget().await;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => slow = hold_the_budget().await,
+        if was_refused(&slow) {
+            slow = hold_the_budget().await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -327,25 +325,7 @@ async fn a_client_that_stops_reading_a_large_response_keeps_its_slot_only_until_
     let mut c = server.client(Proto::H1).await;
     // ~16 MiB of events in one minute: a page of them is far more than socket buffers hold.
     let t0 = support::base_time(3_600_000);
-    let pad = "x".repeat(1_900);
-    for batch in 0..8 {
-        let events: Vec<Value> = (0..1_000)
-            .map(|i| {
-                let n = batch * 1_000 + i;
-                support::with(
-                    support::event(
-                        &format!("w-{n}"),
-                        &format!("w-o-{}", n % 100),
-                        "in_transit",
-                        t0 + n,
-                    ),
-                    &[("attributes", serde_json::json!({ "pad": pad }))],
-                )
-            })
-            .collect();
-        let r = c.post_json("/v1/events", &Value::Array(events)).await;
-        r.expect_json(200, "ingest");
-    }
+    support::ingest_padded(&mut c, "w", 8, t0).await;
     let path = format!(
         "/v1/events?from={}&to={}&limit=10000",
         support::q(&support::rfc3339(t0)),

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use support::{Client, Proto, Server, base_time, event, with};
+use serde_json::Value;
+use support::{Client, Proto, Server, base_time, event};
 use tokio::net::TcpStream;
 
 /// One SSE message.
@@ -266,24 +266,7 @@ async fn a_slow_subscriber_is_cut_off_with_an_error_event_and_memory_stays_bound
     let t0 = base_time(3_600_000);
     let mut slow = Sse::open(&server, "/v1/stream", &[]).await;
     // ~2 KiB per event: 40,000 events are ~80 MiB of SSE, far more than socket buffers hold.
-    let pad = "x".repeat(1_900);
-    for batch in 0..40 {
-        let events: Vec<Value> = (0..1_000)
-            .map(|i| {
-                let n = batch * 1_000 + i;
-                with(
-                    event(
-                        &format!("s-{n}"),
-                        &format!("o-{}", n % 100),
-                        "in_transit",
-                        t0 + n,
-                    ),
-                    &[("attributes", json!({ "pad": pad }))],
-                )
-            })
-            .collect();
-        ingest(&mut client, events).await;
-    }
+    support::ingest_padded(&mut client, "s", 40, t0).await;
     // Now read: the stream delivers what was buffered, then the error event, then ends.
     let mut last_lsn = 0;
     let mut error = None;
@@ -336,24 +319,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_frees_its_slot_without_r
     // Opened, then never read again while 40,000 events (~80 MiB of SSE) are stored: its queue and
     // socket buffers fill, and the head of the log runs far past the lag limit.
     let mut stuck = Sse::open(&server, "/v1/stream", &[]).await;
-    let pad = "x".repeat(1_900);
-    for batch in 0..40 {
-        let events: Vec<Value> = (0..1_000)
-            .map(|i| {
-                let n = batch * 1_000 + i;
-                with(
-                    event(
-                        &format!("k-{n}"),
-                        &format!("o-{}", n % 100),
-                        "in_transit",
-                        t0 + n,
-                    ),
-                    &[("attributes", json!({ "pad": pad }))],
-                )
-            })
-            .collect();
-        ingest(&mut client, events).await;
-    }
+    support::ingest_padded(&mut client, "k", 40, t0).await;
     // The only subscriber slot is free again although the stuck one read nothing: it was cut off
     // while waiting, not only once it read again.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -871,6 +871,34 @@ pub fn event(event_id: &str, order_id: &str, status: &str, occurred_at_ms: i64) 
 }
 
 /// Sets (or with `Value::Null`, removes) fields of an event object.
+/// Ingests `batches` × 1,000 events of ~2 KiB each (a padding attribute) into 100 orders, one
+/// millisecond apart from `t0`: far more bytes than socket buffers hold, for tests of clients that
+/// read slowly or not at all. Event ids are `{prefix}-{n}`, orders `{prefix}-o-{n % 100}`.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub async fn ingest_padded(client: &mut Client, prefix: &str, batches: i64, t0: i64) {
+    let pad = "x".repeat(1_900);
+    for batch in 0..batches {
+        let events: Vec<Value> = (0..1_000)
+            .map(|i| {
+                let n = batch * 1_000 + i;
+                with(
+                    event(
+                        &format!("{prefix}-{n}"),
+                        &format!("{prefix}-o-{}", n % 100),
+                        "in_transit",
+                        t0 + n,
+                    ),
+                    &[("attributes", json!({ "pad": pad }))],
+                )
+            })
+            .collect();
+        client
+            .post_json("/v1/events", &Value::Array(events))
+            .await
+            .expect_json(200, "ingest padded events");
+    }
+}
+
 pub fn with(mut event: Value, fields: &[(&str, Value)]) -> Value {
     let obj: &mut Map<String, Value> = event.as_object_mut().expect("an event object");
     for (k, v) in fields {
