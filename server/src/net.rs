@@ -50,6 +50,13 @@ pub const HEADER_SECTION_BYTES_MAX: u32 = 16 * 1024;
 /// still reaches h3's own check and gets its 431.
 const H3_FRAME_BYTES_MAX: u64 = 4 * HEADER_SECTION_BYTES_MAX as u64;
 
+/// Unidirectional streams a client may have open on an HTTP/3 connection.
+const H3_UNI_STREAMS_MAX: u32 = 8;
+
+/// Bytes a client may have sent on an HTTP/3 connection that the server has not read yet (QUIC's
+/// connection-level flow-control window).
+const H3_CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// After the no-request deadline: how long a TCP connection gets to close cleanly (HTTP/2: the
 /// GOAWAY that tells a client about to send its first request that nothing was processed) before it
 /// is dropped. A request whose head completes within it is served.
@@ -428,6 +435,14 @@ pub fn h3_server_config(
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(limits.max_quic_streams.into())
+        // quinn buffers what a client sends up to each stream's window (1.25 MB) whether anyone
+        // reads it or not, and h3 never reads the QPACK streams: with quinn's defaults (100
+        // unidirectional streams, no connection-wide window) one connection could park 125 MB
+        // here. HTTP/3 needs 3 unidirectional streams (control, QPACK encoder and decoder) plus
+        // the odd grease stream; a connection's unread bytes are capped at 16 MiB (an 8 MiB body
+        // still fits whole).
+        .max_concurrent_uni_streams(H3_UNI_STREAMS_MAX.into())
+        .receive_window(H3_CONNECTION_WINDOW_BYTES.into())
         .max_idle_timeout(Some(
             Duration::from_secs(60)
                 .try_into()
