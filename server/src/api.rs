@@ -16,7 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -624,13 +624,12 @@ fn reserve_body_bytes(
 const BODY_RESERVE_STEP: usize = 64 * 1024;
 
 /// Reads an ingest body within the shared budget: its `Content-Length` is reserved before it is
-/// read (and holds: a longer body is refused, whatever the protocol enforces), a body without one
-/// reserves as it arrives. The permit is held until the request ends, since the parsed events live
-/// as long.
+/// read, a body without one reserves as it arrives. The permit is held until the request ends,
+/// since the parsed events live as long.
 async fn read_ingest_body(
     app: &App,
     headers: &HeaderMap,
-    mut body: Body,
+    body: Body,
 ) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Problem> {
     let limit = app.limits.max_body_bytes;
     let declared = declared_length(headers);
@@ -639,34 +638,7 @@ async fn read_ingest_body(
     }
     let mut reserved = declared.map_or(BODY_RESERVE_STEP.min(limit), |n| n as usize);
     let mut permit = reserve_body_bytes(app, reserved)?;
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "Bad request",
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        total += data.len();
-        if total > limit {
-            return Err(too_large(limit));
-        }
-        if let Some(n) = declared
-            && total as u64 > n
-        {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "Bad request",
-                format!("the body is longer than its Content-Length of {n} bytes"),
-            ));
-        }
+    let bytes = read_limited(declared, body, limit, |total| {
         if total > reserved {
             let more = (total - reserved)
                 .max(BODY_RESERVE_STEP)
@@ -674,12 +646,9 @@ async fn read_ingest_body(
             permit.merge(reserve_body_bytes(app, more)?);
             reserved += more;
         }
-        chunks.push(data);
-    }
-    let bytes = match chunks.len() {
-        1 => chunks.pop().unwrap_or_default(),
-        _ => chunks.concat().into(),
-    };
+        Ok(())
+    })
+    .await?;
     Ok((bytes, permit))
 }
 
@@ -701,16 +670,50 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(Problem::new(
+    read_limited(declared, body, limit, |_| Ok(())).await
+}
+
+/// Reads a body of at most `limit` bytes, and of at most its `declared` length (whatever the
+/// protocol enforces: h3 does not), telling `grow` the bytes read so far after each chunk.
+async fn read_limited(
+    declared: Option<u64>,
+    mut body: Body,
+    limit: usize,
+    mut grow: impl FnMut(usize) -> Result<(), Problem>,
+) -> Result<Bytes, Problem> {
+    let bad = |detail: String| {
+        Problem::new(
             StatusCode::BAD_REQUEST,
             "bad-request",
             "Bad request",
-            format!("the request body could not be read: {e}"),
-        )),
+            detail,
+        )
+    };
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| bad(format!("the request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(too_large(limit));
+        }
+        if let Some(n) = declared
+            && total as u64 > n
+        {
+            return Err(bad(format!(
+                "the body is longer than its Content-Length of {n} bytes"
+            )));
+        }
+        grow(total)?;
+        chunks.push(data);
     }
+    Ok(match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// A replica refuses changes, naming the primary to send them to.
