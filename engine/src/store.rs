@@ -135,6 +135,15 @@ fn cf_options(cf: Cf, cache: &Cache, tuning: &Tuning) -> Options {
     } else {
         DBCompressionType::Zstd
     });
+    // L0 is not compressed: a flush's file is merged into the base level within a few flushes,
+    // where it is compressed anyway, so compressing it at the flush (LZ4, 5% of a batch fill's
+    // instructions) and decompressing it in that compaction was work done twice. Measured: a
+    // batch fill −4.1% instructions (bench/RESULTS.md, session 18). With dynamic level bytes the
+    // entries after the first apply from the base level down; the bottom level takes
+    // `bottommost_compression` below.
+    let mut per_level = [DBCompressionType::Lz4; 7];
+    per_level[0] = DBCompressionType::None;
+    o.set_compression_per_level(&per_level);
     let big = matches!(cf, Cf::Log | Cf::ByOrder);
     o.set_write_buffer_size(if big {
         tuning.memtable_bytes
