@@ -1164,15 +1164,19 @@ mod tests {
     }
 
     /// The prefix sort orders like a stable sort by family then whole key, on keys that share long
-    /// prefixes, hold zero bytes and differ in length (where the zero padding of `key_prefix` could
-    /// mislead it).
+    /// prefixes, hold zero bytes and differ in length. The key's length is drawn apart from its
+    /// tail, so keys whose zero-padded 16-byte prefixes tie while the keys differ (`ab` and
+    /// `ab\0`, a 16-byte key and the same with `\0` after it) come up in every run.
     #[test]
     fn prefix_sort_matches_a_stable_sort_by_family_and_key() {
         use proptest::prelude::*;
-        let keys = proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(b'o')], 0..20)
-            .prop_map(|tail| {
-                let mut k = b"order-0000000".to_vec();
-                k.truncate(tail.len() % 14);
+        const BASE: &[u8] = b"order-0000000000000000";
+        let keys = (
+            0..=BASE.len(),
+            proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(b'o')], 0..4),
+        )
+            .prop_map(|(len, tail)| {
+                let mut k = BASE[..len].to_vec();
                 k.extend(tail);
                 k
             });
@@ -1190,6 +1194,29 @@ mod tests {
             expected.sort_by(|a, b| (family(a) as usize, key(a)).cmp(&(family(b) as usize, key(b))));
             prop_assert_eq!(in_key_order(ops), expected);
         });
+    }
+
+    /// Keys whose zero-padded 16-byte prefixes are equal: the whole keys decide.
+    #[test]
+    fn keys_equal_up_to_the_zero_padding_sort_by_the_whole_key() {
+        let sixteen = b"order-0000000001".to_vec();
+        let mut sixteen_zero = sixteen.clone();
+        sixteen_zero.push(0);
+        let put = |k: &[u8], v: u8| Op::Put(Cf::Orders, k.to_vec(), vec![v]);
+        assert_eq!(
+            in_key_order(vec![
+                put(b"ab\0", 1),
+                put(b"ab", 2),
+                put(&sixteen_zero, 3),
+                put(&sixteen, 4),
+            ]),
+            vec![
+                put(b"ab", 2),
+                put(b"ab\0", 1),
+                put(&sixteen, 4),
+                put(&sixteen_zero, 3),
+            ]
+        );
     }
 
     /// `in_key_order` and `write_group` index by the discriminant: it must be the family's place
