@@ -15,6 +15,8 @@ use trackstore_server::config::{Config, Flags, LogFormat};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any thread or allocation of note (see the function for the measurements).
+    let huge_pages_off = trackstore_engine::memory::disable_transparent_huge_pages();
     let flags = Flags::parse();
     let config = match Config::resolve(flags) {
         Ok(c) => c,
@@ -24,6 +26,9 @@ fn main() -> ExitCode {
         }
     };
     init_logs(config.log_format);
+    if let Err(e) = huge_pages_off {
+        tracing::warn!("transparent huge pages stay on for this process (prctl failed: {e})");
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

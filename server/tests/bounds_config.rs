@@ -419,3 +419,17 @@ async fn a_body_without_content_length_reserves_the_budget_as_it_arrives_not_the
     assert!(answer.contains("\"created\""), "{answer}");
     drop(slow);
 }
+
+/// The server turns transparent huge pages off for itself (huge-page faults were the 50-batches/s
+/// tail, bench/RESULTS.md session 18); the kernel reports the flag in `/proc/PID/status`.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let server = Server::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}

@@ -264,6 +264,11 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> anyhow::Result<ExitCode> {
+    // A load generator that stalls on huge-page faults sends its calls in bursts: off, like the
+    // server (the measurements are in `disable_transparent_huge_pages`).
+    if let Err(e) = trackstore_engine::memory::disable_transparent_huge_pages() {
+        eprintln!("trackload: transparent huge pages stay on (prctl failed: {e})");
+    }
     let args = Args::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     match args.threads {
