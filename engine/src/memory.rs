@@ -136,7 +136,7 @@ pub fn default_block_cache_bytes() -> u64 {
 /// first in `main`, before threads start. RocksDB's tuning guide advises against THP, and here is
 /// why: mimalloc asks for huge pages on its regions, so every fault of a fresh region zeroed
 /// 2 MiB while the thread waited, and freed memory came back as new huge pages a second later.
-/// Batches of 1,000 at 50 requests/s had p99 128–320 ms with huge pages and 28–46 ms without;
+/// Batches of 1,000 at 50 requests/s had p99 214–319 ms with huge pages and 28–46 ms without;
 /// peak RSS under batches 418–465 MiB against 295–330 MiB (bench/RESULTS.md, session 18).
 /// `PR_SET_THP_DISABLE` marks the whole address space, so RocksDB's own allocations and a node
 /// whose THP setting is `always` are covered too.
