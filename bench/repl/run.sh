@@ -23,8 +23,9 @@ node() { # name http repl [primary-repl]
   echo $!
 }
 wait_ready() { for _ in $(seq 1200); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
-# (Times come from $EPOCHREALTIME, with its decimal comma turned into a point for python in locales
-# that write one.)
+# Seconds since the epoch from bash itself (no `date` process in the poll loop), with a decimal
+# point whatever the locale writes, for python.
+now() { echo "${EPOCHREALTIME/,/.}"; }
 # Polled every 50 ms while catch-up is timed: curl and a bash match only. A python3 per poll (a pyenv
 # shim here: bash scripts, then the interpreter) took ~20% of the machine from the nodes it timed.
 last_lsn() {
@@ -135,17 +136,17 @@ catchup) # EVENTS: load the primary, then time a fresh replica to its last LSN. 
   fresh; P=$(node primary $PH $PR); wait_ready $PH
   "$BIN/trackload" ingest-batch --batch 1000 --url "http://127.0.0.1:$PH" --connections 4 --requests $((n / 1000)) --json >/dev/null
   settle $PH
-  target=$(last_lsn $PH); start=${EPOCHREALTIME/,/.}
+  target=$(last_lsn $PH); start=$(now)
   R=$(node replica $RH $RR $PR); wait_ready $RH
   # Also from the first applied entry on: the apply rate, without the process start and handshake.
   first= first_lsn=0
   while :; do
     lsn=$(last_lsn $RH)
-    if [ -z "$first" ] && [ "$lsn" -gt 0 ]; then first=${EPOCHREALTIME/,/.} first_lsn=$lsn; fi
+    if [ -z "$first" ] && [ "$lsn" -gt 0 ]; then first=$(now) first_lsn=$lsn; fi
     [ "$lsn" -ge "$target" ] && break
     sleep 0.05
   done
-  end=${EPOCHREALTIME/,/.}
+  end=$(now)
   python3 -c "n=$target; t=$end-$start; a=$end-$first; m=n-$first_lsn
 print(f'catch-up: {n} events in {t:.2f} s = {n/t:,.0f} events/s (replica start included); '
       f'from its first applied entry: {m} in {a:.2f} s = {m/a:,.0f} events/s')"
